@@ -1,0 +1,141 @@
+"""Core default optimizer step: quintic Newton-Schulz, Muon + Adam by parameter role, linear warm-down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from golf_core.config import param
+from golf_core.hookspecs import hookimpl
+from golf_core.optim.bundle import OptimizerBundle
+from golf_core.optim.muon import Muon
+from golf_core.optim.newton_schulz import newton_schulz5
+from golf_core.optim.roles import params_by_role
+from golf_core.technique import Technique
+
+
+class NewtonSchulz(Technique):
+    """Quintic Newton-Schulz orthogonalizer with fixed coefficients (3.4445, -4.7750, 2.0315)."""
+
+    name = "newton_schulz"
+    stage = "optim"
+    origin_pr = 18
+    credits = "Keller Jordan (Muon, modded-nanogpt)"
+    core_default = True
+
+    @dataclass(frozen=True, kw_only=True)
+    class Params:
+        pass
+
+    @hookimpl(trylast=True)
+    def golf_orthogonalizer(self, ctx):
+        return newton_schulz5
+
+
+class MuonAdam(Technique):
+    """Muon for block matrices; Adam for the embedding, the untied head and scalar/control tensors."""
+
+    name = "muon"
+    stage = "optim"
+    origin_pr = 18
+    credits = "Keller Jordan (Muon); OpenAI parameter-golf baseline"
+    core_default = True
+
+    @dataclass(frozen=True, kw_only=True)
+    class Params:
+        matrix_lr: float = param(0.04, "Muon learning rate for block matrices")
+        momentum: float = param(0.95, "Muon momentum after warm-up")
+        momentum_warmup_start: float = param(0.85, "Muon momentum at step 0")
+        momentum_warmup_steps: int = param(500, "steps to ramp momentum linearly to its final value")
+        nesterov: bool = param(True, "Nesterov momentum in Muon")
+        backend_steps: int = param(5, "orthogonalizer iterations per update")
+        weight_decay: float = param(0.0, "Muon decoupled weight decay (p *= 1 - lr * wd)")
+        row_normalize: bool = param(False, "normalize update rows before orthogonalizing (MuonEq-R)")
+        embed_lr: float = param(0.6, "Adam learning rate of an untied input embedding")
+        tied_embed_lr: float = param(0.05, "Adam learning rate of the tied embedding")
+        head_lr: float = param(0.008, "Adam learning rate of an untied output head")
+        scalar_lr: float = param(0.04, "Adam learning rate of scalars, gains, mixes and gates")
+        beta1: float = param(0.9, "Adam beta1")
+        beta2: float = param(0.95, "Adam beta2")
+        adam_eps: float = param(1e-8, "Adam epsilon")
+        embed_weight_decay: float = param(0.0, "AdamW decoupled weight decay of the embedding")
+        scalar_weight_decay: float = param(0.0, "AdamW decoupled weight decay of scalars")
+        grad_clip_norm: float = param(0.0, "clip the global gradient norm (0 = off)")
+
+    @hookimpl(trylast=True)
+    def golf_build_optimizer(self, model, ctx):
+        p = self.params
+        groups = params_by_role(model)
+        fused = ctx.device.type == "cuda"
+        tied = getattr(getattr(model, "spec", None), "tie_embeddings", True)
+
+        def adam(named, lr, wd):
+            return torch.optim.AdamW(
+                [{"params": [t for _, t in named], "lr": lr, "base_lr": lr}],
+                betas=(p.beta1, p.beta2), eps=p.adam_eps, weight_decay=wd, fused=fused,
+            )
+
+        orthogonalize = ctx.pm.hook.golf_orthogonalizer(ctx=ctx)
+        if ctx.device.type == "cuda" and ctx.cfg.run.compile != "off":
+            orthogonalize = torch.compile(orthogonalize)
+        optimizers = []
+        if groups["embed"]:
+            optimizers.append(adam(groups["embed"], p.tied_embed_lr if tied else p.embed_lr, p.embed_weight_decay))
+        if groups["head"]:
+            optimizers.append(adam(groups["head"], p.head_lr, 0.0))
+        if groups["matrix"]:
+            muon = Muon(
+                [t for _, t in groups["matrix"]], lr=p.matrix_lr, momentum=p.momentum, backend_steps=p.backend_steps,
+                orthogonalize=orthogonalize, nesterov=p.nesterov, weight_decay=p.weight_decay, row_normalize=p.row_normalize,
+            )
+            for group in muon.param_groups:
+                group.update(
+                    base_lr=p.matrix_lr, momentum_target=p.momentum,
+                    momentum_warmup_start=p.momentum_warmup_start, momentum_warmup_steps=p.momentum_warmup_steps,
+                )
+            optimizers.append(muon)
+        if groups["scalar"]:
+            optimizers.append(adam(groups["scalar"], p.scalar_lr, p.scalar_weight_decay))
+        return OptimizerBundle(optimizers, params=[t for _, t in model.named_parameters()], grad_clip_norm=p.grad_clip_norm)
+
+
+class Warmdown(Technique):
+    """LR multiplier 1 then a linear warm-down to 0 over the end of training."""
+
+    name = "warmdown"
+    stage = "optim"
+    origin_pr = 18
+    core_default = True
+
+    @dataclass(frozen=True, kw_only=True)
+    class Params:
+        warmdown_iters: int = param(1200, "warm-down length in steps (used when warmdown_frac is 0)")
+        warmdown_frac: float = param(0.0, "warm-down length as a fraction of training progress (0 = use warmdown_iters)")
+        warmup_steps: int = param(0, "linear LR warm-up from 0 over the first N steps")
+
+    @hookimpl(trylast=True)
+    def golf_lr_schedule(self, ctx):
+        p = self.params
+        iterations = ctx.cfg.train.iterations
+
+        def warmdown_fraction() -> float:
+            if p.warmdown_frac > 0:
+                return p.warmdown_frac
+            if p.warmdown_iters <= 0:
+                return 0.0
+            # Under a wall-clock cap the baseline converts warm-down steps to time with the
+            # measured average step time; ctx.shared["est_total_steps"] is that estimate.
+            total = ctx.shared.get("est_total_steps", iterations) or iterations
+            return min(p.warmdown_iters / max(total, 1), 1.0)
+
+        def lr_multiplier(progress: float) -> float:
+            mult = 1.0
+            if p.warmup_steps > 0 and ctx.step < p.warmup_steps:
+                mult = (ctx.step + 1) / p.warmup_steps
+            frac = warmdown_fraction()
+            if frac > 0 and progress >= 1.0 - frac:
+                mult *= max(1.0 - progress, 0.0) / frac
+            return mult
+
+        return lr_multiplier

@@ -1,0 +1,1 @@
+"""Optimizers: Muon with a pluggable orthogonalizer, Adam groups routed by parameter role, schedules."""

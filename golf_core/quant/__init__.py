@@ -1,0 +1,1 @@
+"""Post-train quantization: the QuantState container, the int8 default and artifact accounting."""
