@@ -127,7 +127,9 @@ class Warmdown(Technique):
             # Under a wall-clock cap the baseline converts warm-down steps to time with the
             # measured average step time; ctx.shared["est_total_steps"] is that estimate.
             total = ctx.shared.get("est_total_steps", iterations) or iterations
-            return min(p.warmdown_iters / max(total, 1), 1.0)
+            # Not capped at 1: with warmdown_iters > iterations the baseline starts below full LR
+            # ((iterations - step) / warmdown_iters), and so does this.
+            return p.warmdown_iters / max(total, 1)
 
         def lr_multiplier(progress: float) -> float:
             mult = 1.0
