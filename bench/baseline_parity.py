@@ -48,7 +48,9 @@ def run_reference(script: Path, data: Path, vocab: int, steps: int, seed: int, w
         step_avg[int(m.group(1))] = float(m.group(4))
     params = re.search(r"model_params:(\d+)", proc.stdout)
     final = re.search(r"final_int8_zlib_roundtrip_exact val_loss:([0-9.]+) val_bpb:([0-9.]+)", proc.stdout)
+    pre = re.search(rf"step:{steps}/{steps} val_loss:([0-9.]+) val_bpb:([0-9.]+)", proc.stdout)
     return {
+        "pre_quant_val_bpb": float(pre.group(2)) if pre else None,
         "losses": losses, "step_avg_ms": step_avg, "wall_s": wall,
         "model_params": int(params.group(1)) if params else None,
         "final_val_bpb": float(final.group(2)) if final else None,
@@ -78,6 +80,7 @@ def run_golf(data: Path, vocab: int, steps: int, seed: int, out: Path) -> dict:
     step_avg = {s: 1000 * elapsed[s] / s for s in elapsed if s}
     return {
         "losses": losses, "step_avg_ms": step_avg, "wall_s": wall, "model_params": report["model_params"],
+        "pre_quant_val_bpb": report["pre_quant"]["val_bpb"],
         "final_val_bpb": report["post_quant"]["val_bpb"], "tokens_per_second": report["tokens_per_second"],
     }
 
@@ -118,7 +121,8 @@ def main() -> None:
     ref_ms, golf_ms = steady_ms(ref["step_avg_ms"]), steady_ms(golf["step_avg_ms"])
     print(f"max relative loss difference over steps 1..{args.steps}: {worst:.3%} (tolerance {args.tolerance:.0%}): {'PASS' if worst <= args.tolerance else 'FAIL'}")
     print(f"steady step time (steps {half + 1}..{last}): reference {ref_ms:.1f} ms, golf {golf_ms:.1f} ms, golf speed ratio {ref_ms / golf_ms:.3f}x")
-    print(f"post-quant val_bpb after {args.steps} steps: reference {ref['final_val_bpb']}, golf {golf['final_val_bpb']:.4f}")
+    print(f"val_bpb after {args.steps} steps, pre-quant: reference {ref['pre_quant_val_bpb']}, golf {golf['pre_quant_val_bpb']:.4f}")
+    print(f"val_bpb after {args.steps} steps, int8 round trip: reference {ref['final_val_bpb']}, golf {golf['final_val_bpb']:.4f}")
     if args.json_out:
         args.json_out.write_text(json.dumps({"reference": ref, "golf": golf, "max_rel_diff": worst}, indent=1, default=str))
     sys.exit(0 if worst <= args.tolerance else 1)
