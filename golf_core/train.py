@@ -42,7 +42,7 @@ from golf_core.eval.scoring import autocast_for, evaluate
 from golf_core.manager import enabled_plugins, make_plugin_manager
 from golf_core.model.gpt import cast_for_device
 from golf_core.model.spec import ModelSpec
-from golf_core.quant.artifact import atomic_write_bytes, counted_code_bytes
+from golf_core.quant.artifact import atomic_write_bytes, counted_code_bytes, route_summary
 from golf_core.quant.state import CalibrationData
 from golf_core.stack import ResolvedStack, dumps_toml
 
@@ -330,6 +330,14 @@ def _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tok
     # ---- training --------------------------------------------------------------------------
     loader = pm.hook.golf_data_loader(ctx=ctx)
     cap = cfg.run.max_wallclock_seconds
+    # Work done after training inside the training budget (GPTQ calibration) reserves seconds via
+    # ctx.shared["training_reserve_seconds"]; training stops that much before the cap.
+    reserve = float(ctx.shared.get("training_reserve_seconds", 0.0)) if cap > 0 else 0.0
+    if cap > 0 and reserve >= cap:
+        raise GolfError(f"techniques reserve {reserve:g}s of run.max_wallclock_seconds={cap:g}; lower their reserve_seconds or raise the cap")
+    train_cap = cap - reserve
+    if reserve > 0:
+        log(f"training cap: {train_cap:g}s ({cap:g}s wall-clock cap - {reserve:g}s reserved for post-training work)")
     train_seconds = 0.0
     curve: list[list[float]] = []
     step = 0
@@ -349,10 +357,10 @@ def _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tok
             model.train()
             t0 = time.perf_counter()
         elapsed = train_seconds + time.perf_counter() - t0
-        if cap > 0:
-            ctx.progress = min(elapsed / cap, 1.0)
+        if train_cap > 0:
+            ctx.progress = min(elapsed / train_cap, 1.0)
             if step > 0:
-                ctx.shared["est_total_steps"] = cap / (elapsed / step)
+                ctx.shared["est_total_steps"] = train_cap / (elapsed / step)
         else:
             ctx.progress = step / max(tcfg.iterations, 1)
         ctx.step = step
@@ -377,7 +385,7 @@ def _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tok
             tok_s = step * tokens_per_step / max(elapsed, 1e-9)
             curve.append([step, last_loss, elapsed])
             log(f"step:{step}/{tcfg.iterations} train_loss:{last_loss:.4f} train_time:{elapsed * 1000:.0f}ms step_avg:{elapsed * 1000 / step:.2f}ms tok/s:{tok_s:,.0f}")
-        reached = cap > 0 and elapsed >= cap
+        reached = train_cap > 0 and elapsed >= train_cap
         if layout.enabled and cap > 0:
             flag = torch.tensor(int(reached), device=device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -458,13 +466,20 @@ def _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tok
         "quantize_seconds": timer.phases["quantize"],
         "total_seconds": train_seconds + timer.phases["quantize"],
         "cap_seconds": cap,
+        "reserve_seconds": reserve,
+        "train_cap_seconds": train_cap,
         "within_cap": cap <= 0 or train_seconds + timer.phases["quantize"] <= cap,
     }
+    budget_line = f"training_budget: train {train_seconds:.1f}s + quantize {timer.phases['quantize']:.1f}s = {train_seconds + timer.phases['quantize']:.1f}s"
+    log(budget_line + (f" of the {cap:g}s cap ({reserve:g}s reserved){'' if report['training_budget']['within_cap'] else ' OVER THE CAP'}" if cap > 0 else " (no cap)"))
     artifact_path = run_dir / "model.golf" if run_dir is not None else None
     if layout.rank == 0 and artifact_path is not None:
         atomic_write_bytes(artifact_path, blob)
-    for route in qstate.routes():
-        log(f"  {route['route']}: {route['name']} {route['shape']} {route['payload_bytes']} B", console=False)
+    log("quantized weights:")
+    for line in route_summary(artifact["routes"]):
+        log(f"  {line}")
+    for route in artifact["routes"]:
+        log(f"  {route['route']}: {route['name']} {route['shape']} {route['payload_bytes']} B (entropy {route['entropy_bytes']} B)", console=False)
     log(f"artifact: model {len(blob):,} B + code {code['code_bytes']:,} B = {total:,} B of {budget:,} ({budget - total:+,} headroom)")
 
     # ---- reload the artifact and score the reloaded model ----------------------------------

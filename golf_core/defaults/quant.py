@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import brotli
 
 from golf_core.config import param
 from golf_core.hookspecs import hookimpl
+from golf_core.model.gpt import is_control_tensor
 from golf_core.quant.artifact import pack_state, split_tag, tag_blob, unpack_state
-from golf_core.quant.int8 import quantize_state_dict_int8
+from golf_core.quant.int8 import KEEP_FLOAT_MAX_NUMEL, quantize_state_dict_int8
 from golf_core.technique import Technique
 
 
@@ -28,6 +30,15 @@ class Int8RowQuant(Technique):
     @hookimpl(trylast=True)
     def golf_quantize(self, model, calib, ctx):
         return quantize_state_dict_int8(model.state_dict())
+
+    def estimate_tensor_bytes(self, name: str, shape: tuple[int, ...]) -> int:
+        """Uncompressed payload bytes of one float tensor under this scheme (for ``golf check``)."""
+        numel = math.prod(shape)
+        if numel <= KEEP_FLOAT_MAX_NUMEL:
+            return numel * (4 if is_control_tensor(name) else 2)
+        if len(shape) == 2:
+            return numel + 2 * shape[0]  # int8 weights + one fp16 scale per row
+        return numel + 4  # int8 weights + one fp32 scale
 
 
 class BrotliSerializer(Technique):

@@ -36,7 +36,8 @@ def pack_state(state: QuantState) -> bytes:
     for name, qt in state.entries.items():
         tensors = {}
         for key, t in qt.tensors.items():
-            raw = t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+            # reshape(-1) first: a 0-dim tensor (a per-tensor scale) cannot be viewed as bytes.
+            raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
             tensors[key] = {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape), "offset": payload.tell(), "nbytes": len(raw)}
             payload.write(raw)
         header["entries"][name] = {
@@ -63,6 +64,45 @@ def unpack_state(blob: bytes) -> QuantState:
             tensors[key] = flat.view(dtype).reshape(t["shape"]).clone()
         state.entries[name] = QuantizedTensor(e["scheme"], tuple(e["shape"]), e["dtype"], tensors, route=e["route"], meta=e["meta"])
     return state
+
+
+def container_layout(raw: bytes) -> tuple[dict[str, Any], int]:
+    """The JSON header of an uncompressed container and the offset where its payload starts.
+
+    Serializers that transform payload tensors in place (byte shuffling) walk the header's
+    ``entries[name]["tensors"][key]`` records (dtype, shape, offset, nbytes) relative to that offset.
+    """
+    if not raw.startswith(CONTAINER_MAGIC):
+        raise ValueError("not a golf quantized-state container (bad magic)")
+    (head_len,) = struct.unpack_from("<Q", raw, len(CONTAINER_MAGIC))
+    start = len(CONTAINER_MAGIC) + 8
+    return json.loads(raw[start : start + head_len]), start + head_len
+
+
+def element_size(dtype_name: str) -> int:
+    return torch.empty(0, dtype=getattr(torch, dtype_name)).element_size()
+
+
+def route_summary(routes: list[dict[str, Any]]) -> list[str]:
+    """Record-style lines, one per route: ``gptq (int6): blocks.attn.c_q.weight, ... [N tensors, B bytes]``.
+
+    Layer indices are folded (``blocks.3.attn.c_q.weight`` -> ``blocks.attn.c_q.weight``) as in the
+    records' "Quantized weights:" block; the byte figures are uncompressed payload bytes.
+    """
+    import re
+
+    by_route: dict[str, dict[str, Any]] = {}
+    for row in routes:
+        info = by_route.setdefault(row["route"], {"names": [], "count": 0, "bytes": 0})
+        short = re.sub(r"\.\d+(?=\.|$)", "", row["name"])
+        if short not in info["names"]:
+            info["names"].append(short)
+        info["count"] += 1
+        info["bytes"] += int(row["payload_bytes"])
+    return [
+        f"{route}: {', '.join(sorted(info['names']))} [{info['count']} tensors, {info['bytes']:,} B]"
+        for route, info in sorted(by_route.items())
+    ]
 
 
 def tag_blob(tag: str, body: bytes) -> bytes:

@@ -48,6 +48,23 @@ class QuantizedTensor:
     def payload_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors.values())
 
+    def same_as(self, other: QuantizedTensor) -> bool:
+        """Bit-exact equality: scheme, shape, dtype, route, meta and every payload tensor's dtype, shape and bytes."""
+        if (self.scheme, tuple(self.shape), self.dtype, self.route, self.meta) != (
+            other.scheme, tuple(other.shape), other.dtype, other.route, other.meta
+        ):
+            return False
+        if set(self.tensors) != set(other.tensors):
+            return False
+        for key, t in self.tensors.items():
+            o = other.tensors[key]
+            if t.dtype != o.dtype or t.shape != o.shape:
+                return False
+            # Compare raw bytes so that NaN payloads and -0.0 count as equal only when identical.
+            if not torch.equal(_as_bytes(t), _as_bytes(o)):
+                return False
+        return True
+
 
 @dataclass
 class QuantState:
@@ -61,10 +78,42 @@ class QuantState:
         return {name: qt.dequantize() for name, qt in self.entries.items()}
 
     def routes(self) -> list[dict[str, Any]]:
+        """One row per tensor for the artifact report: route, scheme, shape, payload bytes and an
+        order-0 entropy estimate of what the payload costs after compression."""
         return [
-            {"name": name, "route": qt.route or qt.scheme, "shape": list(qt.shape), "payload_bytes": qt.payload_bytes()}
+            {
+                "name": name, "route": qt.route or qt.scheme, "scheme": qt.scheme, "shape": list(qt.shape),
+                "payload_bytes": qt.payload_bytes(), "entropy_bytes": entropy_bytes(qt),
+            }
             for name, qt in self.entries.items()
         ]
+
+    def same_as(self, other: QuantState) -> bool:
+        """Bit-exact equality of two states (entry order included), e.g. ``deserialize(serialize(q))``."""
+        return (
+            self.meta == other.meta
+            and list(self.entries) == list(other.entries)
+            and all(qt.same_as(other.entries[name]) for name, qt in self.entries.items())
+        )
+
+
+def _as_bytes(t: Tensor) -> Tensor:
+    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+
+
+def entropy_bytes(qt: QuantizedTensor) -> int:
+    """Order-0 entropy of the payload in bytes: int8 tensors by their value histogram, other
+    tensors at their raw size (float bytes barely compress). A lower bound on what an ideal
+    order-0 coder would need; real compressors land near it for quantized weights."""
+    total = 0.0
+    for t in qt.tensors.values():
+        if t.dtype == torch.int8 and t.numel():
+            counts = torch.bincount(t.detach().cpu().reshape(-1).to(torch.int64) + 128, minlength=256).double()
+            p = counts[counts > 0] / t.numel()
+            total += float(-(p * p.log2()).sum()) * t.numel() / 8.0
+        else:
+            total += t.numel() * t.element_size()
+    return int(round(total))
 
 
 @register_scheme("raw")
