@@ -34,7 +34,17 @@ class NewtonSchulz(Technique):
 
 
 class MuonAdam(Technique):
-    """Muon for block matrices; Adam for the embedding, the untied head and scalar/control tensors."""
+    """Muon for block matrices; Adam for the embedding, the untied head and scalar/control tensors.
+
+    Parameters are grouped by role (``golf_core.optim.roles``): ``matrix`` -> Muon at
+    ``matrix_lr``; ``embed`` -> AdamW at ``tied_embed_lr`` (``embed_lr`` when untied) with
+    ``embed_weight_decay``; ``head`` -> AdamW at ``head_lr`` without decay; ``scalar`` -> AdamW at
+    ``scalar_lr`` with ``scalar_weight_decay``. Defaults are the baseline's (root ``train_gpt.py``,
+    where Adam has no decay: AdamW with 0 decay is the same update); the help texts name the
+    records' values, which stack files set. Every decoupled decay multiplies by the *scheduled* lr
+    (``1 - lr*wd``), in Muon as in torch's AdamW, as the records do. MuonEq-R row normalization is
+    the ``muon_eq_r`` technique, which switches on the Muon groups' ``row_normalize`` option.
+    """
 
     name = "muon"
     stage = "optim"
@@ -44,24 +54,36 @@ class MuonAdam(Technique):
 
     @dataclass(frozen=True, kw_only=True)
     class Params:
-        matrix_lr: float = param(0.04, "Muon learning rate for block matrices")
-        momentum: float = param(0.95, "Muon momentum after warm-up")
-        momentum_warmup_start: float = param(0.85, "Muon momentum at step 0")
-        momentum_warmup_steps: int = param(500, "steps to ramp momentum linearly to its final value")
-        nesterov: bool = param(True, "Nesterov momentum in Muon")
-        backend_steps: int = param(5, "orthogonalizer iterations per update")
-        weight_decay: float = param(0.0, "Muon decoupled weight decay (p *= 1 - lr * wd)")
-        row_normalize: bool = param(False, "normalize update rows before orthogonalizing (MuonEq-R)")
+        matrix_lr: float = param(0.04, "Muon learning rate of block matrices (MATRIX_LR; records 0.026)")
+        momentum: float = param(0.95, "Muon momentum after warm-up (MUON_MOMENTUM; records 0.97)")
+        momentum_warmup_start: float = param(0.85, "Muon momentum at step 0, ramped linearly to `momentum` (records 0.92)")
+        momentum_warmup_steps: int = param(500, "steps of the linear momentum ramp: m = (1-f)*start + f*momentum, f = min(step/N, 1) (records 1500)")
+        nesterov: bool = param(True, "Nesterov momentum in Muon: orthogonalize G + momentum*buf instead of buf")
+        backend_steps: int = param(5, "orthogonalizer iterations per update (MUON_BACKEND_STEPS)")
+        weight_decay: float = param(0.0, "Muon decoupled weight decay: W *= 1 - lr*wd before the update, lr the scheduled lr (MUON_WD; records 0.095)")
         embed_lr: float = param(0.6, "Adam learning rate of an untied input embedding")
-        tied_embed_lr: float = param(0.05, "Adam learning rate of the tied embedding")
+        tied_embed_lr: float = param(0.05, "Adam learning rate of the tied embedding (TIED_EMBED_LR; records 0.03)")
         head_lr: float = param(0.008, "Adam learning rate of an untied output head")
-        scalar_lr: float = param(0.04, "Adam learning rate of scalars, gains, mixes and gates")
-        beta1: float = param(0.9, "Adam beta1")
-        beta2: float = param(0.95, "Adam beta2")
+        scalar_lr: float = param(0.04, "Adam learning rate of scalars, gains, mixes and gates (SCALAR_LR; records 0.02)")
+        beta1: float = param(0.9, "Adam beta1 (all Adam groups)")
+        beta2: float = param(0.95, "Adam beta2 (all Adam groups; records 0.99)")
         adam_eps: float = param(1e-8, "Adam epsilon")
-        embed_weight_decay: float = param(0.0, "AdamW decoupled weight decay of the embedding")
-        scalar_weight_decay: float = param(0.0, "AdamW decoupled weight decay of scalars")
-        grad_clip_norm: float = param(0.0, "clip the global gradient norm (0 = off)")
+        embed_weight_decay: float = param(0.0, "AdamW decoupled weight decay of the embedding: W *= 1 - lr*wd, scheduled lr (EMBED_WD; records 0.085)")
+        scalar_weight_decay: float = param(0.0, "AdamW decoupled weight decay of scalars: W *= 1 - lr*wd, scheduled lr (ADAM_WD; records 0.02)")
+        grad_clip_norm: float = param(0.0, "clip the global gradient norm of all parameters before the step (0 = off; records 0.3)")
+
+        def validate(self) -> None:
+            for key in ("momentum", "momentum_warmup_start", "beta1", "beta2"):
+                if not 0.0 <= getattr(self, key) < 1.0:
+                    raise ValueError(f"{key} = {getattr(self, key)} must lie in [0, 1)")
+            for key in ("matrix_lr", "embed_lr", "tied_embed_lr", "head_lr", "scalar_lr", "adam_eps",
+                        "weight_decay", "embed_weight_decay", "scalar_weight_decay", "grad_clip_norm"):
+                if getattr(self, key) < 0:
+                    raise ValueError(f"{key} = {getattr(self, key)} must not be negative")
+            if self.backend_steps < 1:
+                raise ValueError(f"backend_steps = {self.backend_steps} must be at least 1")
+            if self.momentum_warmup_steps < 0:
+                raise ValueError(f"momentum_warmup_steps = {self.momentum_warmup_steps} must not be negative")
 
     @hookimpl(trylast=True)
     def golf_build_optimizer(self, model, ctx):
@@ -87,7 +109,7 @@ class MuonAdam(Technique):
         if groups["matrix"]:
             muon = Muon(
                 [t for _, t in groups["matrix"]], lr=p.matrix_lr, momentum=p.momentum, backend_steps=p.backend_steps,
-                orthogonalize=orthogonalize, nesterov=p.nesterov, weight_decay=p.weight_decay, row_normalize=p.row_normalize,
+                orthogonalize=orthogonalize, nesterov=p.nesterov, weight_decay=p.weight_decay,
             )
             for group in muon.param_groups:
                 group.update(
@@ -101,7 +123,14 @@ class MuonAdam(Technique):
 
 
 class Warmdown(Technique):
-    """LR multiplier 1 then a linear warm-down to 0 over the end of training."""
+    """LR multiplier 1 then a linear warm-down to 0 over the end of training.
+
+    With ``warmdown_frac > 0`` (the records' WARMDOWN_FRAC, 0.85 in PR #1855) the multiplier is
+    ``1`` for progress ``< 1 - frac`` and ``(1 - progress) / frac`` after: a pure function of
+    progress. With ``warmdown_frac = 0`` it is the baseline's WARMDOWN_ITERS rule, converted to
+    progress with the measured step time under a wall-clock cap. The ``min_lr`` technique adds the
+    records' floor.
+    """
 
     name = "warmdown"
     stage = "optim"
@@ -112,7 +141,13 @@ class Warmdown(Technique):
     class Params:
         warmdown_iters: int = param(1200, "warm-down length in steps (used when warmdown_frac is 0)")
         warmdown_frac: float = param(0.0, "warm-down length as a fraction of training progress (0 = use warmdown_iters)")
-        warmup_steps: int = param(0, "linear LR warm-up from 0 over the first N steps")
+        warmup_steps: int = param(0, "linear LR warm-up from 0 over the first N steps (not in the baseline or records)")
+
+        def validate(self) -> None:
+            if not 0.0 <= self.warmdown_frac <= 1.0:
+                raise ValueError(f"warmdown_frac = {self.warmdown_frac} must lie in [0, 1]")
+            if self.warmdown_iters < 0 or self.warmup_steps < 0:
+                raise ValueError("warmdown_iters and warmup_steps must not be negative")
 
     @hookimpl(trylast=True)
     def golf_lr_schedule(self, ctx):

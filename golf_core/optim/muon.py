@@ -1,5 +1,20 @@
 """Muon: momentum SGD whose 2-D update is orthogonalized (Keller Jordan; as in openai/parameter-golf).
 
+Per matrix ``W`` with gradient ``G``, per step (group options in brackets)::
+
+    buf = momentum * buf + G
+    U   = G + momentum * buf            [nesterov; else U = buf]
+    U   = U / max(||U_row||_2, 1e-7)    [row_normalize: MuonEq-R, row norms in float32]
+    O   = orthogonalize(U, backend_steps)
+    W   = W * (1 - lr * weight_decay)   [decoupled; lr is the *scheduled* lr, so it decays too]
+    W   = W - lr * sqrt(max(1, rows / cols)) * O
+
+This is the order of the records (PR #1855 ``Muon.step``: row normalization after Nesterov,
+immediately before Newton-Schulz; weight decay with the scheduled lr, before the update; a
+parameter without a gradient is left alone, decay included). The baseline is the same with
+``weight_decay = 0`` and ``row_normalize = False``. A parameter may be a batch of matrices
+(leading dims, as the records' weight banks): rows/cols are then its last two dims.
+
 The orthogonalizer comes from the ``golf_orthogonalizer`` hook, so Polar Express or any other
 map drops in without touching this class. With torch.distributed initialized, rank r
 orthogonalizes parameters ``r, r + world, ...`` and one all-reduce shares the updates, as the
@@ -64,19 +79,20 @@ class Muon(torch.optim.Optimizer):
                     else:
                         g = buf
                     if group["row_normalize"]:
-                        # MuonEq-R: equalize row norms before orthogonalizing.
-                        g = g / (g.float().norm(dim=-1, keepdim=True) + 1e-7).to(g.dtype)
+                        # MuonEq-R: equalize row norms before orthogonalizing (clamped, as in the records).
+                        g = g / g.float().norm(dim=-1, keepdim=True).clamp_min(1e-7).to(g.dtype)
                     g = self.orthogonalize(g, group["backend_steps"])
-                    g = g * max(1, g.size(0) / g.size(1)) ** 0.5
+                    g = g * max(1, g.size(-2) / g.size(-1)) ** 0.5
                     updates[offset : offset + p.numel()] = g.reshape(-1)
                 offset += p.numel()
             if distributed:
                 dist.all_reduce(updates, op=dist.ReduceOp.SUM)
             offset = 0
             for p in params:
-                update = updates[offset : offset + p.numel()].view_as(p).to(dtype=p.dtype)
-                if group["weight_decay"]:
-                    p.mul_(1.0 - group["lr"] * group["weight_decay"])
-                p.add_(update, alpha=-group["lr"])
+                if p.grad is not None:
+                    update = updates[offset : offset + p.numel()].view_as(p).to(dtype=p.dtype)
+                    if group["weight_decay"]:
+                        p.mul_(1.0 - group["lr"] * group["weight_decay"])
+                    p.add_(update, alpha=-group["lr"])
                 offset += p.numel()
         return loss
