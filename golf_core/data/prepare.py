@@ -12,6 +12,14 @@ rest train; each document is ``[BOS] + sp.encode(text)`` without EOS; documents 
 boundaries. The tokenizer is either copied or trained (SentencePiece BPE with the challenge's
 settings) on the train documents only. Everything is built in a temp directory beside ``out_dir``
 and renamed into place, so a dataset directory is always complete or absent.
+
+With ``caseops=True`` (PR #1729's lossless case transform, ``plugins/caseops``) every document is
+transformed before it is tokenized (and before a tokenizer is trained on it), and the validation
+split gets a per-token byte sidecar, ``fineweb_val_bytes_NNNNNN.bin``: one uint16 per validation
+token, in the shard format and with the same shard boundaries, holding the UTF-8 bytes that token
+stands for in the original text (BOS 0, case operators 0), so bits per byte are counted on the
+original text. As in PR #1855's ``prepare_caseops_data.py``, train shards get no sidecar. Each
+validation document's sidecar total is checked against its UTF-8 size while it is written.
 """
 
 from __future__ import annotations
@@ -38,6 +46,9 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "golf-shards-v1"
 TOKENIZER_NAME = "tokenizer.model"
 ENCODE_BATCH_DOCS = 1024
+CASEOPS_TRANSFORM = "caseops_v1"  # the manifest's "text_transform" for a CaseOps dataset
+BYTE_SIDECAR_SPLIT = "val_bytes"  # shard names fineweb_val_bytes_NNNNNN.bin, what find_byte_sidecars globs
+MAX_TOKEN_BYTES = 2**16 - 1  # a sidecar entry is a uint16
 
 # The official tokenizers' SentencePiece settings (openai/parameter-golf data/download_hf_docs_and_tokenize.py),
 # except hard_vocab_limit, which stays on so the vocabulary is exactly the size asked for.
@@ -170,7 +181,81 @@ def _encode_docs(sp: spm.SentencePieceProcessor, texts: list[str]) -> np.ndarray
     return np.insert(flat, starts, np.uint16(BOS_ID))
 
 
-def _train_tokenizer(train_text: Path, vocab_size: int, model_path: Path, source: Path) -> None:
+def _caseops_module():
+    # The transform lives with its technique; imported only when asked for, so plain datasets do
+    # not depend on the plugins package.
+    from plugins.caseops import transform
+
+    return transform
+
+
+def check_caseops_tokenizer(sp: spm.SentencePieceProcessor, where: object) -> None:
+    """Raise :class:`GolfError` unless each CaseOps operator is one piece of ``sp`` (not byte fallback)."""
+    caseops = _caseops_module()
+    for op in caseops.OPERATORS:
+        ids = sp.encode(op, out_type=int)
+        if len(ids) != 1 or sp.id_to_piece(ids[0]) != op:
+            raise GolfError(
+                f"tokenizer {where} has no piece for the CaseOps operator U+{ord(op):04X}; CaseOps needs a tokenizer with "
+                "the operator pieces: fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model, or one trained by "
+                "`golf data prepare --caseops --vocab-size N`"
+            )
+
+
+def _pieces_with_surfaces(sp: spm.SentencePieceProcessor, texts: list[str]) -> Iterator[tuple[list[int], list[str], int]]:
+    """For each text: token ids, each token's surface (its exact span of ``text``), and the UTF-8
+    bytes at the text's edges that no token covers (whitespace the normalizer strips)."""
+    if hasattr(sp, "encode_as_immutable_proto"):  # sentencepiece 0.2.0 (its Python begin/end count characters)
+        encoded = (
+            ([p.id for p in proto.pieces], [p.surface for p in proto.pieces], [(p.begin, p.end) for p in proto.pieces])
+            for proto in sp.encode(texts, out_type="immutable_proto")
+        )
+    else:  # sentencepiece >= 0.2.1 dropped the immutable proto; offset_mapping gives the same spans
+        encoded = (
+            (list(enc["ids"]), [text[b:e] for b, e in enc["offsets"]], enc["offsets"])
+            for text, enc in zip(texts, sp.encode(texts, return_type="offset_mapping"))
+        )
+    for text, (ids, surfaces, spans) in zip(texts, encoded):
+        begin, end = (spans[0][0], spans[-1][1]) if spans else (len(text), len(text))
+        yield ids, surfaces, len(text[:begin].encode("utf-8")) + len(text[end:].encode("utf-8"))
+
+
+def _encode_caseops_val(
+    sp: spm.SentencePieceProcessor, texts: list[str], first_doc: int, source: Path
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """CaseOps validation documents: ``[BOS] + ids`` concatenated, the parallel byte sidecar
+    (``[0] + original bytes per token``), and each document's sidecar total."""
+    caseops = _caseops_module()
+    tokens: list[int] = []
+    sidecar: list[int] = []
+    doc_bytes: list[int] = []
+    transformed = [caseops.encode(t) for t in texts]
+    for i, (text, (ids, surfaces, edges)) in enumerate(zip(texts, _pieces_with_surfaces(sp, transformed))):
+        counts = caseops.original_byte_counts(surfaces)
+        total = sum(counts)
+        # Every byte of the document is either charged to a token or stripped at its edges.
+        if total + edges != len(text.encode("utf-8")):
+            raise GolfError(
+                f"{source}: validation document {first_doc + i}: its tokens stand for {total} bytes and {edges} edge "
+                f"bytes were stripped, but it has {len(text.encode('utf-8'))}; this tokenizer drops text inside "
+                "documents, so the byte sidecar would be wrong; use the CaseOps tokenizer"
+            )
+        if counts and max(counts) > MAX_TOKEN_BYTES:
+            raise GolfError(
+                f"{source}: validation document {first_doc + i} has a token standing for {max(counts)} bytes "
+                f"(a whitespace run?), more than a uint16 sidecar entry holds; clean that document"
+            )
+        tokens.append(BOS_ID)
+        tokens.extend(ids)
+        sidecar.append(0)  # BOS stands for no original bytes
+        sidecar.extend(counts)
+        doc_bytes.append(total)
+    return np.asarray(tokens, dtype=np.uint16), np.asarray(sidecar, dtype=np.uint16), doc_bytes
+
+
+def _train_tokenizer(
+    train_text: Path, vocab_size: int, model_path: Path, source: Path, user_defined_symbols: tuple[str, ...] = ()
+) -> None:
     def lines() -> Iterator[str]:
         with open(train_text, encoding="utf-8") as f:
             for line in f:
@@ -187,6 +272,8 @@ def _train_tokenizer(train_text: Path, vocab_size: int, model_path: Path, source
             num_threads=1,
             max_sentence_length=1 << 16,
             minloglevel=2,
+            # CaseOps operators become ids 4.. right after pad/bos/eos/unk, as in PR #1729's model.
+            **({"user_defined_symbols": list(user_defined_symbols)} if user_defined_symbols else {}),
             **SP_TRAINER_SETTINGS,
         )
     except RuntimeError as err:
@@ -251,11 +338,14 @@ def prepare_dataset(
     max_docs: int | None = None,
     overwrite: bool = False,
     log: Log | None = None,
+    caseops: bool = False,
 ) -> dict[str, Any]:
     """Build a shard dataset in ``out_dir`` from ``input_path``; return its manifest.
 
     Pass exactly one of ``tokenizer_path`` (an existing SentencePiece model, copied in) or
     ``vocab_size`` (train a BPE tokenizer of exactly that size on the train documents).
+    ``caseops`` applies the CaseOps transform to every document and writes the validation byte
+    sidecar (the tokenizer must have the operator pieces; a trained one gets them).
     """
     input_path = Path(input_path)
     out_dir = Path(out_dir)
@@ -282,6 +372,8 @@ def prepare_dataset(
             sp = load_tokenizer(tokenizer_path)
             if sp.vocab_size() > 2**16:
                 raise GolfError(f"tokenizer {tokenizer_path} has {sp.vocab_size()} pieces; shards store uint16 ids, so at most 65536")
+            if caseops:
+                check_caseops_tokenizer(sp, tokenizer_path)
             shutil.copyfile(tokenizer_path, model_path)
         else:
             assert vocab_size is not None
@@ -293,19 +385,27 @@ def prepare_dataset(
                     num_docs += 1
                     if i < val_docs:
                         continue
+                    if caseops:
+                        text = _caseops_module().encode(text)
                     # One sentence per line: newlines are whitespace to nmt_nfkc anyway, and long
                     # documents would otherwise exceed SentencePiece's sentence length limit.
                     for line in text.replace("\x00", " ").splitlines():
                         if line.strip():
                             f.write(line.strip() + "\n")
             _check_doc_count(input_path, num_docs, val_docs, max_docs)
-            _train_tokenizer(train_text, vocab_size, model_path, input_path)
+            operators = _caseops_module().OPERATORS if caseops else ()
+            _train_tokenizer(train_text, vocab_size, model_path, input_path, operators)
             train_text.unlink()
             sp = load_tokenizer(model_path)
+            if caseops:
+                check_caseops_tokenizer(sp, f"trained on {input_path}")
 
         say(f"encoding {input_path.name}")
         writers = {"val": _ShardWriter(tmp, "val", shard_tokens), "train": _ShardWriter(tmp, "train", shard_tokens)}
+        if caseops:
+            writers[BYTE_SIDECAR_SPLIT] = _ShardWriter(tmp, BYTE_SIDECAR_SPLIT, shard_tokens)
         val_bytes = 0
+        val_doc_bytes: list[int] = []
         num_docs = 0
         docs = iter_documents(input_path, max_docs=max_docs)
         while batch := list(itertools.islice(docs, ENCODE_BATCH_DOCS)):
@@ -313,9 +413,18 @@ def prepare_dataset(
             n_val = min(len(batch), max(0, val_docs - num_docs))
             if n_val:
                 val_bytes += sum(len(t.encode("utf-8")) for t in batch[:n_val])
-                writers["val"].add(_encode_docs(sp, batch[:n_val]), n_val)
+                if caseops:
+                    tokens, sidecar, doc_bytes = _encode_caseops_val(sp, batch[:n_val], num_docs, input_path)
+                    writers["val"].add(tokens, n_val)
+                    writers[BYTE_SIDECAR_SPLIT].add(sidecar, n_val)
+                    val_doc_bytes.extend(doc_bytes)
+                else:
+                    writers["val"].add(_encode_docs(sp, batch[:n_val]), n_val)
             if n_val < len(batch):
-                writers["train"].add(_encode_docs(sp, batch[n_val:]), len(batch) - n_val)
+                train = batch[n_val:]
+                if caseops:
+                    train = [_caseops_module().encode(t) for t in train]
+                writers["train"].add(_encode_docs(sp, train), len(batch) - n_val)
             num_docs += len(batch)
         _check_doc_count(input_path, num_docs, val_docs, max_docs)
         for w in writers.values():
@@ -333,6 +442,16 @@ def prepare_dataset(
             "val_bytes": val_bytes,
             "source": input_path.name,
         }
+        if caseops:
+            sidecar_bytes = sum(val_doc_bytes)
+            manifest["text_transform"] = CASEOPS_TRANSFORM
+            manifest["byte_sidecar"] = {
+                **writers[BYTE_SIDECAR_SPLIT].summary(),
+                "bytes": sidecar_bytes,
+                # Edge whitespace the tokenizer strips is in no token, so it is never scored.
+                "unscored_bytes": val_bytes - sidecar_bytes,
+                "doc_bytes": val_doc_bytes,
+            }
         atomic_write_bytes(tmp / MANIFEST_NAME, [(json.dumps(manifest, indent=2) + "\n").encode("utf-8")])
         _move_into_place(tmp, out_dir, overwrite)
     finally:
