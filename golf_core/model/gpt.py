@@ -29,6 +29,11 @@ CONTROL_TENSOR_NAME_PATTERNS = (
     "q_gain",
     "skip_weight",
     "skip_weights",
+    # Head-output gates and SmearGate (PR #1855's list): Adam, float32 on the GPU.
+    "attn_gate_proj",
+    "attn_gate_w",
+    "smear_gate",
+    "smear_lambda",
 )
 
 
@@ -94,6 +99,8 @@ class CausalSelfAttention(nn.Module):
         self.rotary = Rotary(spec.rope_dims or self.head_dim, spec.rope_base)
         transforms = [factory(spec, layer_index) for factory in spec.attn_output_transforms]
         self.output_transforms = nn.ModuleList([t for t in transforms if t is not None])
+        values = [factory(spec, layer_index) for factory in spec.value_transforms]
+        self.value_transforms = nn.ModuleList([t for t in values if t is not None])
 
     def forward(self, x: Tensor) -> Tensor:
         bsz, seqlen, dim = x.shape
@@ -106,6 +113,11 @@ class CausalSelfAttention(nn.Module):
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
         q = q * self.q_gain.to(dtype=q.dtype)[None, :, None, None]
+        if len(self.value_transforms):
+            v_bthd = v.transpose(1, 2)
+            for transform in self.value_transforms:
+                v_bthd = transform(v_bthd, x)
+            v = v_bthd.transpose(1, 2)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=None, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads
         )

@@ -14,6 +14,10 @@ Extension points and the forward contract of the modules they produce:
     ``forward(y, v, x) -> y``, applied in order to each attention's per-head output before the
     output projection; ``y``: ``[B, T, H, D]``, ``v``: the values ``[B, T, H_kv, D]``, ``x``: the
     normed block input ``[B, T, C]``. Return ``None`` to skip a layer.
+``value_transforms``: ``factory(spec, layer_index) -> nn.Module | None`` with
+    ``forward(v, x) -> v``, applied in order to each attention's values ``[B, T, H_kv, D]`` (the V
+    projection's output per KV head) before attention; the output transforms see the result.
+    ``x``: the normed block input ``[B, T, C]``. Return ``None`` to skip a layer.
 ``encoder_indices`` / ``decoder_indices``: which physical blocks run, in order, in the two
     halves of the U-Net (a block may appear more than once: depth recurrence). ``None`` means the
     baseline split ``[0, L//2)`` / ``[L//2, L)``.
@@ -54,6 +58,7 @@ class ModelSpec:
     mlp_activation: Callable[[Tensor], Tensor] = relu_squared
     embed_transforms: list[Callable[..., Any]] = field(default_factory=list)
     attn_output_transforms: list[Callable[..., Any]] = field(default_factory=list)
+    value_transforms: list[Callable[..., Any]] = field(default_factory=list)
     encoder_indices: list[int] | None = None
     decoder_indices: list[int] | None = None
     loss_fn: Callable[[Tensor, Tensor, float], Tensor] | None = None
