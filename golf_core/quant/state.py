@@ -1,8 +1,8 @@
 """QuantState: a model's weights after quantization, one :class:`QuantizedTensor` per state-dict key.
 
 Every entry names its *scheme* (how to turn its payload tensors back into a float tensor) and a
-human *route* for the artifact report (``"int8 per-row"``, ``"gptq int6 clip=12.85σ"``,
-``"fp16 passthrough"``). Schemes are registered functions, so a technique that adds a format
+human *route* for the artifact report (``"int8 per-row"``, ``"gptq (int6)+lqer_asym"``,
+``"passthrough (float16)"``). Schemes are registered functions, so a technique that adds a format
 (GPTQ, LQER) registers its dequantizer once and the container, serializer and reloader stay
 generic.
 """
