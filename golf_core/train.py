@@ -12,6 +12,7 @@ rank evaluates the reloaded artifact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -317,15 +318,21 @@ def _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tok
             initial_optim = optimizer.state_dict()
             loader = pm.hook.golf_data_loader(ctx=ctx)
             model.train()
-            for _ in range(tcfg.compile_warmup_steps):
-                optimizer.zero_grad()
-                micro_step(loader)
-                optimizer.step(0)
+            # Once plainly, then once inside each graph variant a technique registered in the spec
+            # (depth recurrence's looped layout): every graph the run switches to is compiled here.
+            variants = {"": contextlib.nullcontext, **spec.warmup_variants}
+            for variant in variants.values():
+                with variant(base_model):
+                    for _ in range(tcfg.compile_warmup_steps):
+                        optimizer.zero_grad()
+                        micro_step(loader)
+                        optimizer.step(0)
             base_model.load_state_dict(initial_model, strict=True)
             optimizer.load_state_dict(initial_optim)
             optimizer.zero_grad()
             _sync(device)
-        log(f"compile_warmup: {tcfg.compile_warmup_steps} steps in {timer.phases['compile_warmup']:.1f}s (state restored)")
+        names = "".join(f" + {n}" for n in spec.warmup_variants)
+        log(f"compile_warmup: {tcfg.compile_warmup_steps} steps x (plain{names}) in {timer.phases['compile_warmup']:.1f}s (state restored)")
 
     # ---- training --------------------------------------------------------------------------
     loader = pm.hook.golf_data_loader(ctx=ctx)

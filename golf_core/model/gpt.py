@@ -7,14 +7,26 @@ mix the running stream with the normed embedding ``x0``, tied embeddings and a t
 Parameter names and creation order match the reference so that the same seed gives the same
 initial weights (the parity bench relies on it) and name-based routing (optimizer groups,
 quantization families) sees the names the records use.
+
+One block implementation serves training, evaluation and test-time training: ``Block`` owns the
+sublayer math (``attn_branch`` / ``mlp_branch``), residual forms other than the sequential one
+(parallel residuals, ``GPT.lanes``) only rearrange its outputs, and TTT injects low-rank deltas
+through an :class:`AdapterSet` passed to the forward (``ADAPTER_SITES`` lists where), never
+through a copy of the block. ``GPT.layouts`` / ``set_layout`` switch the block order (depth
+recurrence). With none of the spec's extension points used the model computes exactly the
+baseline, bit for bit.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from golf_core.errors import GolfError
 from golf_core.model.spec import ModelSpec
 
 # Small "control" tensors: kept in float32, optimized by Adam, passed through quantization in
@@ -34,6 +46,11 @@ CONTROL_TENSOR_NAME_PATTERNS = (
     "attn_gate_w",
     "smear_gate",
     "smear_lambda",
+    # Skip gates and parallel-residual lambdas (PR #1855's list), PR #1334's lane merge.
+    "skip_gates",
+    "parallel_post_lambdas",
+    "parallel_resid_lambdas",
+    "lane_merge",
 )
 
 
@@ -84,6 +101,50 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return rotated if x_pass is None else torch.cat((rotated, x_pass), dim=-1)
 
 
+# ---------------------------------------------------------------------------------------------
+# Adapters: per-position deltas injected into the one block implementation (LoRA for TTT).
+# ---------------------------------------------------------------------------------------------
+
+# Where an adapter may add its delta, and what it reads. Every adapter is a module
+# ``delta = adapter(inp)`` whose output has the shape of the site's output; it is added to it.
+ADAPTER_SITES: dict[str, str] = {
+    "c_q": "query projection; reads the normed attention input [B, T, C]",
+    "c_k": "key projection; reads the normed attention input [B, T, C]",
+    "c_v": "value projection; reads the normed attention input [B, T, C]",
+    "attn_proj": "attention output projection; reads the concatenated head outputs [B, T, C]",
+    "attn": "whole attention sublayer, before attn_scale; reads the normed attention input (PR #1855's o-LoRA)",
+    "mlp_fc": "MLP up-projection; reads the normed MLP input [B, T, C]",
+    "mlp_proj": "MLP down-projection; reads the activation [B, T, hidden]",
+    "mlp": "whole MLP sublayer, before mlp_scale; reads the normed MLP input (PR #1855's MLP LoRA)",
+}
+
+
+def _add_delta(out: Tensor, adapters: nn.ModuleDict, site: str, inp: Tensor) -> Tensor:
+    # A Python membership test: traced once per adapter configuration, free when the site is empty.
+    return out + adapters[site](inp) if site in adapters else out
+
+
+class AdapterSet(nn.Module):
+    """Adapters for one forward pass: one dict of site -> module per virtual block slot, plus the head.
+
+    ``slots[k]`` serves the k-th block the current layout runs (encoder then decoder order), so a
+    physical block repeated by depth recurrence gets one adapter set per pass, as PR #1855's TTT
+    LoRA does; register the same module in several slots to share it. ``head`` reads the final
+    normed hidden states and adds its delta to the raw logits, before the softcap. Pass the set as
+    ``adapters=`` to ``GPT.forward`` / ``GPT.forward_logits`` / ``GPT.hidden``; the model itself
+    never stores it, so its parameters are never trained, averaged or quantized with the model's.
+    """
+
+    def __init__(self, slots: list[dict[str, nn.Module]] | tuple, head: nn.Module | None = None) -> None:
+        super().__init__()
+        for k, slot in enumerate(slots):
+            unknown = sorted(set(slot) - set(ADAPTER_SITES))
+            if unknown:
+                raise ValueError(f"adapter slot {k}: unknown sites {unknown}; sites are {sorted(ADAPTER_SITES)}")
+        self.slots = nn.ModuleList([nn.ModuleDict(dict(slot)) for slot in slots])
+        self.head = head
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, spec: ModelSpec, layer_index: int) -> None:
         super().__init__()
@@ -102,11 +163,16 @@ class CausalSelfAttention(nn.Module):
         values = [factory(spec, layer_index) for factory in spec.value_transforms]
         self.value_transforms = nn.ModuleList([t for t in values if t is not None])
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, adapters: nn.ModuleDict | None = None) -> Tensor:
         bsz, seqlen, dim = x.shape
-        q = self.c_q(x).reshape(bsz, seqlen, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.c_k(x).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.c_v(x).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.c_q(x), self.c_k(x), self.c_v(x)
+        if adapters is not None:
+            q = _add_delta(q, adapters, "c_q", x)
+            k = _add_delta(k, adapters, "c_k", x)
+            v = _add_delta(v, adapters, "c_v", x)
+        q = q.reshape(bsz, seqlen, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q = F.rms_norm(q, (q.size(-1),))
         k = F.rms_norm(k, (k.size(-1),))
         cos, sin = self.rotary(seqlen, x.device, q.dtype)
@@ -126,7 +192,9 @@ class CausalSelfAttention(nn.Module):
             v_bthd = v.transpose(1, 2)
             for transform in self.output_transforms:
                 y = transform(y, v_bthd, x)
-        return self.proj(y.contiguous().reshape(bsz, seqlen, dim))
+        y = y.contiguous().reshape(bsz, seqlen, dim)
+        out = self.proj(y)
+        return out if adapters is None else _add_delta(out, adapters, "attn_proj", y)
 
 
 class MLP(nn.Module):
@@ -137,14 +205,26 @@ class MLP(nn.Module):
         self.proj._zero_init = True
         self.activation = spec.mlp_activation
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(self.activation(self.fc(x)))
+    def forward(self, x: Tensor, adapters: nn.ModuleDict | None = None) -> Tensor:
+        if adapters is None:
+            return self.proj(self.activation(self.fc(x)))
+        hidden = self.activation(_add_delta(self.fc(x), adapters, "mlp_fc", x))
+        return _add_delta(self.proj(hidden), adapters, "mlp_proj", hidden)
 
 
 class Block(nn.Module):
+    """One transformer block: the only implementation of its two sublayers.
+
+    ``mix`` (the ``resid_mix`` lanes with ``x0``), ``attn_branch`` and ``mlp_branch``
+    (``scale * sublayer(norm(h) * s) `` plus the slot's adapter deltas) are what every residual form
+    calls: the sequential ``forward`` below, the parallel-residual forms (``GPT.lanes``) and
+    test-time training (through ``adapters``), so a change to a sublayer reaches all of them.
+    """
+
     def __init__(self, spec: ModelSpec, layer_index: int) -> None:
         super().__init__()
         dim = spec.model_dim
+        self.layer_index = layer_index
         self.attn_norm = RMSNorm()
         self.mlp_norm = RMSNorm()
         self.attn = CausalSelfAttention(spec, layer_index)
@@ -152,12 +232,38 @@ class Block(nn.Module):
         self.attn_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
         self.mlp_scale = nn.Parameter(torch.ones(dim, dtype=torch.float32))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))).float())
+        # A Python constant: the multiply is traced only when it is not 1 (LN scale, B.8).
+        self.norm_scale = float(spec.norm_scale(layer_index)) if spec.norm_scale is not None else 1.0
 
-    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
+    def mix(self, x: Tensor, x0: Tensor) -> Tensor:
+        """``m0 * x + m1 * x0``: the block's read of the stream mixed with the normed embedding."""
         mix = self.resid_mix.to(dtype=x.dtype)
-        x = mix[0][None, None, :] * x + mix[1][None, None, :] * x0
-        x = x + self.attn_scale.to(dtype=x.dtype)[None, None, :] * self.attn(self.attn_norm(x))
-        x = x + self.mlp_scale.to(dtype=x.dtype)[None, None, :] * self.mlp(self.mlp_norm(x))
+        return mix[0][None, None, :] * x + mix[1][None, None, :] * x0
+
+    def attn_branch(self, h: Tensor, adapters: nn.ModuleDict | None = None) -> Tensor:
+        """``attn_scale * Attn(RMSNorm(h) * s)``, the update attention adds to a residual stream."""
+        n = self.attn_norm(h)
+        if self.norm_scale != 1.0:
+            n = n * self.norm_scale
+        out = self.attn(n, adapters)
+        if adapters is not None:
+            out = _add_delta(out, adapters, "attn", n)
+        return self.attn_scale.to(dtype=h.dtype)[None, None, :] * out
+
+    def mlp_branch(self, h: Tensor, adapters: nn.ModuleDict | None = None) -> Tensor:
+        """``mlp_scale * MLP(RMSNorm(h) * s)``, the update the MLP adds to a residual stream."""
+        n = self.mlp_norm(h)
+        if self.norm_scale != 1.0:
+            n = n * self.norm_scale
+        out = self.mlp(n, adapters)
+        if adapters is not None:
+            out = _add_delta(out, adapters, "mlp", n)
+        return self.mlp_scale.to(dtype=h.dtype)[None, None, :] * out
+
+    def forward(self, x: Tensor, x0: Tensor, adapters: nn.ModuleDict | None = None) -> Tensor:
+        x = self.mix(x, x0)
+        x = x + self.attn_branch(x, adapters)
+        x = x + self.mlp_branch(x, adapters)
         return x
 
 
@@ -168,8 +274,11 @@ class GPT(nn.Module):
         self.logit_softcap = spec.logit_softcap
         self.loss_fn = spec.loss_fn or softcapped_cross_entropy
         self.tok_emb = nn.Embedding(spec.vocab_size, spec.model_dim)
-        self.encoder_indices, self.decoder_indices = spec.layer_indices()
-        num_skips = min(len(self.encoder_indices), len(self.decoder_indices))
+        # Every layout the model can run; ``active_layout`` picks one. It is a plain Python
+        # attribute on purpose: torch.compile guards on it and keeps one graph per layout.
+        self.layouts = {name: (tuple(enc), tuple(dec)) for name, (enc, dec) in spec.all_layouts().items()}
+        self.active_layout = ""
+        num_skips = max(min(len(enc), len(dec)) for enc, dec in self.layouts.values())
         self.skip_weights = nn.Parameter(torch.ones(num_skips, spec.model_dim, dtype=torch.float32))
         self.blocks = nn.ModuleList([Block(spec, i) for i in range(spec.num_layers)])
         self.embed_transforms = nn.ModuleList([factory(spec) for factory in spec.embed_transforms])
@@ -177,7 +286,13 @@ class GPT(nn.Module):
         self.lm_head = None if spec.tie_embeddings else CastedLinear(spec.model_dim, spec.vocab_size, bias=False)
         if self.lm_head is not None:
             self.lm_head._zero_init = True
+        self.skip_gates = spec.skip_gates(spec, num_skips) if spec.skip_gates is not None else None
+        self.lanes = spec.residual_lanes(spec) if spec.residual_lanes is not None else None
+        self._check_lanes()
         self._init_weights()
+        # Training-only terms are built after the model's init so that they never shift the seeded
+        # initial weights: enabling one leaves the rest of the model identical.
+        self.loss_terms = nn.ModuleList([factory(spec) for factory in spec.loss_terms])
 
     def _init_weights(self) -> None:
         if self.spec.tie_embeddings:
@@ -186,36 +301,126 @@ class GPT(nn.Module):
             if isinstance(module, nn.Linear) and getattr(module, "_zero_init", False):
                 nn.init.zeros_(module.weight)
 
-    def hidden(self, input_ids: Tensor) -> Tensor:
+    def _check_lanes(self) -> None:
+        """Refuse layouts where a split stream would reach a block the lanes module does not run."""
+        if self.lanes is None or not getattr(self.lanes, "splits", False):
+            return
+        for name, (encoder, decoder) in self.layouts.items():
+            split_at = None
+            positions = [(i, True) for i in encoder] + [(i, False) for i in decoder]
+            for pos, (i, in_encoder) in enumerate(positions):
+                claimed = self.lanes.claims(i, in_encoder)
+                if claimed and split_at is None:
+                    split_at = pos
+                elif split_at is not None and not claimed:
+                    where = f"layout '{name}'" if name else "the default layout"
+                    raise GolfError(
+                        f"residual lanes split the stream at block {positions[split_at][0]} but {where} runs block {i} "
+                        f"later without them; raise the parallel start layer or change the layout"
+                    )
+
+    # ---- layouts ------------------------------------------------------------------------------
+
+    def set_layout(self, name: str) -> None:
+        """Run the layout ``name`` from now on (``""`` = the default one)."""
+        if name not in self.layouts:
+            raise GolfError(f"unknown layout '{name}'; the model has {sorted(self.layouts)}")
+        self.active_layout = name
+
+    @contextmanager
+    def use_layout(self, name: str):
+        """Run ``name`` inside a ``with`` block and restore the previous layout afterwards."""
+        previous = self.active_layout
+        self.set_layout(name)
+        try:
+            yield self
+        finally:
+            self.active_layout = previous
+
+    @property
+    def encoder_indices(self) -> list[int]:
+        return list(self.layouts[self.active_layout][0])
+
+    @property
+    def decoder_indices(self) -> list[int]:
+        return list(self.layouts[self.active_layout][1])
+
+    def slot_layers(self, layout: str | None = None) -> list[int]:
+        """The physical block behind each virtual slot of ``layout`` (default: the active one)."""
+        encoder, decoder = self.layouts[self.active_layout if layout is None else layout]
+        return list(encoder) + list(decoder)
+
+    def num_slots(self, layout: str | None = None) -> int:
+        """How many blocks a forward runs: the number of adapter slots an AdapterSet needs."""
+        return len(self.slot_layers(layout))
+
+    # ---- forward ------------------------------------------------------------------------------
+
+    def merge_skip(self, k: int, x: Tensor, skip: Tensor) -> Tensor:
+        """Decoder position ``k``'s U-Net skip connection: ``x + w_k * skip`` or the technique's gate."""
+        scaled = self.skip_weights[k].to(dtype=x.dtype)[None, None, :] * skip
+        if self.skip_gates is None:
+            return x + scaled
+        return self.skip_gates(x, scaled, k)
+
+    def hidden(self, input_ids: Tensor, adapters: AdapterSet | None = None) -> Tensor:
         """Final normed hidden states ``[B, T, C]``."""
         x = self.tok_emb(input_ids)
         for transform in self.embed_transforms:
             x = transform(x, input_ids)
         x = F.rms_norm(x, (x.size(-1),))
         x0 = x
-        skips: list[Tensor] = []
-        for i in self.encoder_indices:
-            x = self.blocks[i](x, x0)
-            skips.append(x)
-        for j, i in enumerate(self.decoder_indices):
-            if skips:
-                x = x + self.skip_weights[j].to(dtype=x.dtype)[None, None, :] * skips.pop()
-            x = self.blocks[i](x, x0)
+        encoder, decoder = self.layouts[self.active_layout]
+        if adapters is not None and len(adapters.slots) != len(encoder) + len(decoder):
+            raise GolfError(
+                f"the adapters have {len(adapters.slots)} slots but layout '{self.active_layout}' runs "
+                f"{len(encoder) + len(decoder)} blocks; size them with model.num_slots()"
+            )
+        lanes = self.lanes
+        stream = x  # a tensor, or a tuple of lanes once a lanes module splits it
+        skips: list = []
+        for k, i in enumerate(encoder):
+            slot = adapters.slots[k] if adapters is not None else None
+            if lanes is not None and lanes.claims(i, True):
+                stream = lanes(self.blocks[i], i, stream, x0, None, None, slot)
+            else:
+                stream = self.blocks[i](stream, x0, slot)
+            skips.append(stream)
+        for j, i in enumerate(decoder):
+            slot = adapters.slots[len(encoder) + j] if adapters is not None else None
+            skip = skips.pop() if skips else None
+            if lanes is not None and lanes.claims(i, False):
+                stream = lanes(self.blocks[i], i, stream, x0, skip, partial(self.merge_skip, j), slot)
+            else:
+                if skip is not None:
+                    stream = self.merge_skip(j, stream, skip)
+                stream = self.blocks[i](stream, x0, slot)
+        x = lanes.readout(stream) if isinstance(stream, tuple) else stream
         return self.final_norm(x)
 
-    def head(self, h: Tensor) -> Tensor:
-        """Raw logits (before the softcap)."""
+    def head(self, h: Tensor, adapters: AdapterSet | None = None) -> Tensor:
+        """Raw logits (before the softcap), plus the head adapter's delta when there is one."""
         weight = self.tok_emb.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(h, weight.to(h.dtype))
+        logits = F.linear(h, weight.to(h.dtype))
+        if adapters is not None and adapters.head is not None:
+            logits = logits + adapters.head(h)
+        return logits
 
-    def forward(self, input_ids: Tensor, target_ids: Tensor) -> Tensor:
-        h = self.hidden(input_ids)
-        logits = self.head(h.reshape(-1, h.size(-1)))
-        return self.loss_fn(logits, target_ids.reshape(-1), self.logit_softcap)
+    def forward(self, input_ids: Tensor, target_ids: Tensor, adapters: AdapterSet | None = None) -> Tensor:
+        h = self.hidden(input_ids, adapters)
+        if adapters is None:
+            logits = self.head(h.reshape(-1, h.size(-1)))
+        else:  # head adapters see [B, T, C] (per-sequence LoRA is batched over B)
+            logits = self.head(h, adapters).reshape(-1, self.spec.vocab_size)
+        loss = self.loss_fn(logits, target_ids.reshape(-1), self.logit_softcap)
+        if self.training:
+            for term in self.loss_terms:
+                loss = loss + term(h, target_ids)
+        return loss
 
-    def forward_logits(self, input_ids: Tensor) -> Tensor:
+    def forward_logits(self, input_ids: Tensor, adapters: AdapterSet | None = None) -> Tensor:
         """Softcapped logits ``[B, T, V]`` in float32, for scoring."""
-        logits = self.head(self.hidden(input_ids)).float()
+        logits = self.head(self.hidden(input_ids, adapters), adapters).float()
         return self.logit_softcap * torch.tanh(logits / self.logit_softcap)
 
 
