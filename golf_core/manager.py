@@ -43,6 +43,20 @@ def _firstresult_conflicts(pm: pluggy.PluginManager) -> list[str]:
     return problems
 
 
+def _unmarked_hook_methods(pm: pluggy.PluginManager) -> list[str]:
+    # check_pending() only sees methods marked @hookimpl; a golf_* method without the marker
+    # would silently never run.
+    marker = f"{hookspecs.PROJECT_NAME}_impl"
+    return [
+        f"technique '{pm.get_name(plugin)}': {name} is not marked @hookimpl, so it would never be called; "
+        "decorate it with @hookimpl (from golf_core import hookimpl)"
+        for plugin in pm.get_plugins()
+        if isinstance(plugin, Technique)
+        for name in type(plugin).hook_names()
+        if not hasattr(getattr(type(plugin), name), marker)
+    ]
+
+
 def make_plugin_manager(
     stack: ResolvedStack,
     catalog: Catalog,
@@ -66,7 +80,7 @@ def make_plugin_manager(
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
         raise GolfError(f"plugin {exc.plugin!r}: {exc}; see docs/hooks.md for the hook names") from None
-    problems = _firstresult_conflicts(pm) + check_relations(list(stack.techniques), catalog)
+    problems = _unmarked_hook_methods(pm) + _firstresult_conflicts(pm) + check_relations(list(stack.techniques), catalog)
     if problems:
         raise GolfError("; ".join(problems))
     if os.environ.get("GOLF_TRACE_HOOKS") == "1":

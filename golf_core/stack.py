@@ -244,17 +244,19 @@ def _build_dataclass(
             problems.append(f"{origin}: {where}.{key}: {converted!r} is not one of {', '.join(map(str, choices))}")
             continue
         kwargs[key] = converted
+    # A cross-field problem belongs to no single key: name the file that set the table's values.
+    table_origin = next((origins[f"{where}.{k}"] for k in table if f"{where}.{k}" in origins), origins.get(where, "stack"))
     try:
         instance = cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        problems.append(f"{where}: {exc}")
+        problems.append(f"{table_origin}: {where}: {exc}")
         return None
     validate = getattr(instance, "validate", None)
     if callable(validate):
         try:
             validate()
         except ValueError as exc:  # a Params cross-field check
-            problems.append(f"{where}: {exc}")
+            problems.append(f"{table_origin}: {where}: {exc}")
     return instance
 
 

@@ -37,6 +37,7 @@ from golf_core.data import (
     load_byte_sidecar,
     load_tokenizer,
     load_validation_tokens,
+    read_shard,
 )
 from golf_core.errors import BudgetError, GolfError
 from golf_core.eval.scoring import autocast_for, evaluate
@@ -226,6 +227,10 @@ def train(
             )
         train_files = find_shards(data_dir, "train")
         val_files = find_shards(data_dir, "val")
+        # Header and size of every shard now (a memory map reads no tokens), so a corrupt or
+        # truncated shard stops the run before its directory exists, not minutes into training.
+        for shard in train_files + val_files:
+            read_shard(shard, mmap=True)
 
     if layout.rank == 0 and run_dir is None:
         run_dir = _new_run_dir(stack, Path(cfg.run.out_dir))
@@ -249,7 +254,8 @@ def _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tok
 
     # ---- log header: resolved stack, plugins, versions -------------------------------------
     log(f"golf {golf_core.__version__} code {code_version()} torch {torch.__version__} device {device} world_size {layout.world_size}")
-    log("plugins: " + ", ".join(f"{p.name}{'*' if p.core_default else ''}" for p in techniques) + "   (* core default)")
+    versions = {p.name: catalog.get(p.name).version for p in techniques if p.name in catalog}
+    log("plugins: " + ", ".join(f"{p.name}{'*' if p.core_default else ''} {versions.get(p.name) or '-'}" for p in techniques) + "   (* core default)")
     resolved_toml = dumps_toml(stack.flat())
     log("resolved stack:\n" + resolved_toml, console=False)
     if run_dir is not None and layout.rank == 0:
