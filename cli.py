@@ -501,13 +501,14 @@ def data_group() -> None:
 @click.option("--max-docs", type=int, help="Read at most N documents.")
 @click.option("--shard-tokens", type=int, default=10_000_000, show_default=True, help="Tokens per shard.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset directory.")
-def data_prepare(input_path: Path, tokenizer: Path | None, vocab: int | None, val_docs: int, out_dir: Path, max_docs: int | None, shard_tokens: int, overwrite: bool) -> None:
+@click.option("--caseops", is_flag=True, help="Apply the CaseOps lossless case transform (PR #1729) and write the validation byte sidecar; needs a CaseOps tokenizer or --vocab.")
+def data_prepare(input_path: Path, tokenizer: Path | None, vocab: int | None, val_docs: int, out_dir: Path, max_docs: int | None, shard_tokens: int, overwrite: bool, caseops: bool) -> None:
     """Tokenize a text corpus into train/val shards with a manifest (atomically: complete or absent)."""
     from golf_core.data import prepare_dataset
 
     manifest = prepare_dataset(
         input_path, out_dir, tokenizer_path=tokenizer, vocab_size=vocab, val_docs=val_docs,
-        shard_tokens=shard_tokens, max_docs=max_docs, overwrite=overwrite, log=click.echo,
+        shard_tokens=shard_tokens, max_docs=max_docs, overwrite=overwrite, log=click.echo, caseops=caseops,
     )
     splits = manifest["splits"]
     click.echo(
@@ -538,6 +539,121 @@ def data_verify(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
             click.echo(f"  problem: {problem}")
         click.echo("ok" if report["ok"] else "FAILED")
     if not report["ok"]:
+        ctx.exit(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Experiments: ablations and run comparison
+# ---------------------------------------------------------------------------------------------
+
+
+@cli.command("ablate")
+@click.argument("stack_path", required=False, type=STACK_PATH, metavar="[STACK]")
+@click.option("--drop", multiple=True, metavar="NAME", help="A variant without this enabled technique (repeatable).")
+@click.option("--add", multiple=True, metavar="NAME", help="A variant with this technique added (repeatable).")
+@click.option("--seeds", default="3", show_default=True, help="A count (3 -> seeds 0,1,2) or a comma list (42,0,1234).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a stack value for every run.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Where the runs and ablation.json go (default: run.out_dir/ablate-<stack>).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def ablate_cmd(ctx: click.Context, stack_path: Path | None, drop, add, seeds: str, overrides, out_dir: Path | None, as_json: bool) -> None:
+    """Run STACK and each --drop/--add variant over several seeds; report Δbpb, Δnats, Welch p and the record rule."""
+    from golf_core.ablate import format_table, run_ablation
+    from golf_core.train import train
+
+    try:
+        seed_list = list(range(int(seeds))) if "," not in seeds else [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise GolfError(f"--seeds {seeds!r}: expected a count like 3 or a list like 42,0,1234") from None
+    path = stack_path if stack_path is not None else default_stack_path()
+    catalog = _catalog(ctx)
+    base = _resolve(ctx, path, overrides)
+    out = out_dir or Path(base.core.run.out_dir) / f"ablate-{base.name}"
+    result = run_ablation(
+        path, catalog, drop=list(drop), add=list(add), seeds=seed_list, overrides=list(overrides), out_dir=out,
+        train_fn=lambda stack, cat: train(stack, cat, quiet=True), echo=click.echo,
+    )
+    if as_json:
+        _emit_json(result["summary"])
+    else:
+        click.echo(format_table(result["summary"]))
+        click.echo(f"written: {result['path']}")
+
+
+@cli.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path), metavar="RUN_DIR...")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="Write loss curves (vs step and vs wall clock) to this PNG; needs matplotlib.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def compare_cmd(run_dirs: tuple[Path, ...], plot_path: Path | None, as_json: bool) -> None:
+    """Tabulate finished runs (stack, seed, steps, tok/s, val_bpb per phase, artifact, time per phase)."""
+    from golf_core.compare import format_table, load_report, plot_curves, table_rows
+
+    reports = [load_report(d) for d in run_dirs]
+    rows = table_rows(reports)
+    if as_json:
+        _emit_json(rows)
+    else:
+        click.echo(format_table(rows))
+    if plot_path is not None:
+        click.echo(f"plot: {plot_curves(reports, plot_path)}", err=as_json)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing a technique, bundling a submission
+# ---------------------------------------------------------------------------------------------
+
+
+@cli.command("new")
+@click.argument("name")
+@click.option("--stage", type=click.Choice(("model", "optim", "loss", "quant", "eval")), default="model", show_default=True,
+              help="Which hook the template implements: model (embedding transform), optim (LR schedule wrapper), "
+                   "loss (loss wrapper), quant (golf_refine_quant), eval (eval adapter).")
+@click.option("--dir", "dest", type=click.Path(file_okay=False, path_type=Path),
+              help="Create it in DIR. Default: the repository's plugins/ folder (a built-in plugin); "
+                   "any other folder gets a standalone distribution with its golf.plugins entry point.")
+@click.pass_context
+def new_cmd(ctx: click.Context, name: str, stage: str, dest: Path | None) -> None:
+    """Scaffold technique NAME: class, Params, one working hook, README and a test that passes as generated."""
+    from golf_core.scaffold import scaffold
+
+    result = scaffold(name, stage, dest, catalog=_catalog(ctx))
+    click.echo(f"created {result.path} ({result.layout}: {result.module}.{result.class_name}, stage {stage})")
+    for path in result.files:
+        click.echo(f"  {path}")
+    click.echo("next:")
+    for line in result.next_steps():
+        click.echo(f"  {line}")
+
+
+@cli.command("bundle")
+@click.argument("stack_path", type=STACK_PATH)
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Record folder to write: train_gpt.py, README.md, submission.json, requirements.txt.")
+@click.option("--report", "reports", multiple=True, type=click.Path(path_type=Path), metavar="RUN",
+              help="A run directory (or its report.json) of this stack; fills submission.json's results (repeatable, one per seed).")
+@click.option("--author", default="", help="submission.json author (default: the stack's provenance.author).")
+@click.option("--github-id", default="", help="submission.json github_id.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@stack_options
+@click.pass_context
+def bundle_cmd(ctx: click.Context, stack_path: Path, out_dir: Path, reports, author: str, github_id: str, overwrite: bool, as_json: bool, overrides, enable, disable) -> None:
+    """Write STACK as a record folder: one self-contained train_gpt.py holding the core and only the enabled techniques.
+
+    Prints the counted code bytes (raw, and compressed as submissions count them) and checks
+    them, with the stack's model-size estimate, against the budget; exit 1 when over budget.
+    """
+    from golf_core.bundle import bundle, format_bundle
+
+    summary = bundle(
+        _resolve(ctx, stack_path, overrides, enable, disable), _catalog(ctx), out_dir,
+        reports=list(reports), author=author, github_id=github_id, overwrite=overwrite,
+    )
+    if as_json:
+        _emit_json(summary)
+    else:
+        click.echo(format_bundle(summary))
+    if not summary["within_budget"]:
         ctx.exit(1)
 
 
