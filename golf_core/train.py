@@ -44,6 +44,7 @@ from golf_core.eval.scoring import autocast_for, evaluate
 from golf_core.manager import enabled_plugins, make_plugin_manager
 from golf_core.model.gpt import cast_for_device
 from golf_core.model.spec import ModelSpec
+from golf_core.progress import Progress, training_line
 from golf_core.quant.artifact import atomic_write_bytes, counted_code_bytes, route_summary
 from golf_core.quant.state import CalibrationData
 from golf_core.stack import ResolvedStack, dumps_toml
@@ -147,9 +148,15 @@ class RunLog:
         self.console = console
         self.echo = echo
         self._fh = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self.progress = Progress(enabled=None if console else False)
+
+    def live(self, text: str) -> None:
+        """Rewrite the terminal's status line (nothing when not a terminal; the log has the figures)."""
+        self.progress.show(text)
 
     def __call__(self, msg: str, console: bool = True) -> None:
         if self.console and console:
+            self.progress.done()
             self.echo(msg)
         if self._fh:
             self._fh.write(msg + "\n")
@@ -178,12 +185,15 @@ def _new_run_dir(stack: ResolvedStack, out_dir: Path) -> Path:
 @dataclass
 class Timer:
     phases: dict[str, float] = field(default_factory=dict)
+    live: Any = None  # RunLog.live, to show the phase in progress on a terminal
 
     def __call__(self, name: str):
         timer = self
 
         class _Phase:
             def __enter__(self):
+                if timer.live is not None:
+                    timer.live(f"{name.replace('_', ' ')} ...")
                 self.t0 = time.perf_counter()
 
             def __exit__(self, *exc):
@@ -235,6 +245,7 @@ def train(
     if layout.rank == 0 and run_dir is None:
         run_dir = _new_run_dir(stack, Path(cfg.run.out_dir))
     log = RunLog(run_dir / "train.log" if (run_dir and layout.rank == 0) else None, layout.rank == 0 and not quiet, echo)
+    timer.live = log.live
     try:
         return _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tokenizer, train_files, val_files, extra_plugins)
     finally:
@@ -286,6 +297,10 @@ def _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tok
             model = compiled
         optimizer = pm.hook.golf_build_optimizer(model=base_model, ctx=ctx)
         lr_schedule = pm.hook.golf_lr_schedule(ctx=ctx)
+    if use_compile:
+        # Score with a compiled forward too: eager bf16 rounds after every op and scores the
+        # same weights measurably worse than the compiled graph they were trained in.
+        ctx.shared["_forward_logits"] = torch.compile(base_model.forward_logits, dynamic=False, fullgraph=True)
     n_params = sum(p.numel() for p in base_model.parameters())
     log(f"model_params:{n_params} layers:{spec.num_layers} dim:{spec.model_dim} vocab:{spec.vocab_size} compile:{use_compile}")
 
@@ -398,6 +413,7 @@ def _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tok
             tok_s = step * tokens_per_step / max(elapsed, 1e-9)
             curve.append([step, last_loss, elapsed])
             log(f"step:{step}/{tcfg.iterations} train_loss:{last_loss:.4f} train_time:{elapsed * 1000:.0f}ms step_avg:{elapsed * 1000 / step:.2f}ms tok/s:{tok_s:,.0f}")
+        log.live(training_line(step, tcfg.iterations, last_loss, step * tokens_per_step / max(elapsed, 1e-9), elapsed, train_cap))
         reached = train_cap > 0 and elapsed >= train_cap
         if layout.enabled and cap > 0:
             flag = torch.tensor(int(reached), device=device)
@@ -552,4 +568,5 @@ def _score(model: nn.Module, ctx: RunContext, cfg, val_files, adapters):
     return evaluate(
         model, val_tokens, ctx, seq_len=seq_len, batch_tokens=cfg.train.val_batch_tokens,
         adapters=adapters, byte_sidecar=ctx.shared["_val_bytes"],
+        forward_logits=ctx.shared.get("_forward_logits"),
     )
