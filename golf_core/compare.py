@@ -79,7 +79,8 @@ def plot_curves(reports: list[dict[str, Any]], out_path: Path) -> Path:
         curve = r.get("train_curve") or []
         if not curve:
             continue
-        label = f"{r.get('stack')} s{r.get('seed')} ({Path(r['_dir']).name[-15:]})"
+        techniques = "+".join(r.get("techniques") or []) or "core"
+        label = f"{r.get('stack')} [{techniques}] s{r.get('seed')}"
         steps, losses, seconds = zip(*curve, strict=True)
         by_step.plot(steps, losses, label=label)
         by_time.plot(seconds, losses, label=label)
