@@ -383,21 +383,54 @@ def stack_show(ctx: click.Context, stack_path: Path, resolved: bool, as_json: bo
 @stack_options
 @click.pass_context
 def stack_diff(ctx: click.Context, a: Path, b: Path, as_json: bool, overrides, enable, disable) -> None:
-    """Every resolved value that differs between stacks A and B."""
-    from golf_core.stack import MISSING, diff_stacks
+    """What differs from stack A to B: techniques added/removed, parameters and core settings changed.
 
-    rows = diff_stacks(_resolve(ctx, a, overrides, enable, disable), _resolve(ctx, b, overrides, enable, disable))
+    Values are compared after resolution (extends, defaults), so two files that run the same
+    stack show no setting difference. [stack]/[provenance] differences are listed apart. --json
+    prints one row per difference: key, a, b and the kind of change.
+    """
+    from golf_core.stackdiff import diff
+
+    result = diff(
+        _resolve(ctx, a, overrides, enable, disable), _resolve(ctx, b, overrides, enable, disable),
+        catalog=_catalog(ctx), include_meta=True, label_a=str(a), label_b=str(b),
+    )
     if as_json:
-        _emit_json([{"key": k, "a": va, "b": vb} for k, va, vb in rows])
+        _emit_json(result.rows())
         return
-    if not rows:
-        click.echo(f"no differences between {a} and {b}")
-        return
-    click.echo(f"--- {a}\n+++ {b}")
-    for key, va, vb in rows:
-        left = "(absent)" if va is MISSING else _fmt(va)
-        right = "(absent)" if vb is MISSING else _fmt(vb)
-        click.echo(f"{key}: {left} -> {right}")
+    click.echo(result.format())
+
+
+@stack_group.command("import")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path), metavar="SOURCE...")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Stack file to write.")
+@click.option("--parent", metavar="STACK|auto", help="Write the difference from this stack (extends); 'auto' picks the stacks/*.toml with the smallest diff.")
+@click.option("--force", is_flag=True, help="Overwrite OUTPUT if it exists.")
+@click.option("--mapping", is_flag=True, help="Print the record-setting -> golf mapping table after the report.")
+@click.pass_context
+def stack_import(ctx: click.Context, sources: tuple[Path, ...], output: Path, parent: str | None, force: bool, mapping: bool) -> None:
+    """Turn a record's settings into a stack file, and report what did not map.
+
+    \b
+    SOURCE: a record log (its Hyperparameters dump), its README.md (the run command's
+    NAME=VALUE assignments before torchrun), an env-var list file (NAME=VALUE lines), a record
+    train_gpt.py (its defaults), or the record folder. Several are merged, the log winning;
+    README/log disagreements are reported. A partial source (env list, README) needs --parent.
+    """
+    from golf_core.importer import import_record, mapping_table
+
+    if output.exists() and not force:
+        raise GolfError(f"{output} exists; pass --force to overwrite it")
+    result = import_record(
+        list(sources), _catalog(ctx), parent=parent, stacks_dir=Path(__file__).resolve().parent / "stacks", exclude=[output],
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(result.text(output), encoding="utf-8")
+    click.echo(result.report())
+    if mapping:
+        rows = [[r["env"], r["kind"], r["target"]] for r in mapping_table()]
+        click.echo(_table(rows, ["SETTING", "KIND", "GOLF"]))
+    click.echo(f"written: {output}")
 
 
 @cli.command("check")
@@ -578,6 +611,29 @@ def ablate_cmd(ctx: click.Context, stack_path: Path | None, drop, add, seeds: st
     else:
         click.echo(format_table(result["summary"]))
         click.echo(f"written: {result['path']}")
+
+
+@cli.command("reproduce")
+@click.argument("stack_path", type=STACK_PATH, metavar="STACK")
+@click.option("--seeds", help="Comma list of seeds (default: the stack's [run] seeds).")
+@click.option("--tolerance", type=float, default=0.003, show_default=True, help="Allowed |mean val_bpb - reported| in BPB.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Where the runs and reproduce.json go (default: run.out_dir/reproduce-<stack>).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@stack_options
+@click.pass_context
+def reproduce_cmd(ctx: click.Context, stack_path: Path, seeds: str | None, tolerance: float, out_dir: Path | None, as_json: bool, overrides, enable, disable) -> None:
+    """Run STACK's recorded seeds and compare mean and spread of val_bpb and the artifact with [provenance].expect."""
+    from golf_core.reproduce import format_table, parse_seeds, reproduce
+
+    summary = reproduce(
+        stack_path, _catalog(ctx), seeds=parse_seeds(seeds), overrides=overrides, enable=enable, disable=disable,
+        out_dir=out_dir, tolerance=tolerance, echo=(lambda msg: click.echo(msg, err=True)) if as_json else click.echo,
+    )
+    if as_json:
+        _emit_json(summary)
+    else:
+        click.echo(format_table(summary))
+        click.echo(f"written: {summary['path']}")
 
 
 @cli.command("compare")
