@@ -40,7 +40,7 @@ from golf_core.data import (
     write_shard,
 )
 from golf_core.data.prepare import SP_TRAINER_SETTINGS
-from golf_core.data.sample import DEFAULT_VAL_DOCS, sample_dataset_dir
+from golf_core.data.sample import DEFAULT_VAL_DOCS, SAMPLE_VERSION, sample_dataset_dir
 from golf_core.errors import GolfError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -504,7 +504,7 @@ def test_sample_documents_deterministic() -> None:
 
 def test_ensure_sample_dataset_builds_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GOLF_CACHE_DIR", str(tmp_path / "cache"))
-    name = f"sample-v1-py{sys.version_info.major}{sys.version_info.minor}-sp512"
+    name = f"sample-{SAMPLE_VERSION}-py{sys.version_info.major}{sys.version_info.minor}-sp512"
     out = ensure_sample_dataset(vocab_size=512)
     assert out == tmp_path / "cache" / name == sample_dataset_dir(vocab_size=512)
     manifest = read_manifest(out)

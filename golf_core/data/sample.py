@@ -14,6 +14,7 @@ import inspect
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -23,7 +24,7 @@ from typing import Any
 from golf_core.data.prepare import MANIFEST_NAME, Log, prepare_dataset
 from golf_core.errors import GolfError
 
-SAMPLE_VERSION = "v1"
+SAMPLE_VERSION = "v2"  # v2: collected in a fresh interpreter
 MIN_DOC_CHARS = 200
 DEFAULT_VAL_DOCS = 100
 
@@ -95,8 +96,23 @@ def sample_documents() -> list[str]:
     """The sample corpus: deterministic, deduplicated documents of at least 200 characters.
 
     Documents are ordered by the SHA-256 of their text, which mixes help topics and docstrings so
-    that the first documents (the validation split) look like the rest.
+    that the first documents (the validation split) look like the rest. They are collected in a
+    fresh interpreter: what this process has imported or patched (pytest replaces
+    ``threading.excepthook``, for one) must not change the corpus.
     """
+    if os.environ.get("_GOLF_SAMPLE_CHILD") == "1":
+        return _collect_documents()
+    root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "_GOLF_SAMPLE_CHILD": "1", "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    code = "import json, sys; from golf_core.data.sample import sample_documents; json.dump(sample_documents(), sys.stdout)"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise GolfError(f"building the sample corpus failed in a child interpreter: {last}")
+    return json.loads(proc.stdout)
+
+
+def _collect_documents() -> list[str]:
     if sys.flags.optimize >= 2:
         raise GolfError("the sample corpus is built from docstrings, which python -OO strips; run without -OO")
     try:
