@@ -489,16 +489,30 @@ def _summary(report: dict[str, Any]) -> str:
 @stack_options
 @click.option("--seed", type=int, help="Set run.seed.")
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), help="Write the run here instead of a new directory under run.out_dir.")
+@click.option("--nproc", type=int, help="Launch N processes (one per GPU) through torchrun; exit with torchrun's status.")
+@click.option("--nnodes", help="torchrun --nnodes for a multi-node run (N or MIN:MAX); needs --rdzv-endpoint.")
+@click.option("--node-rank", type=int, help="torchrun --node_rank: this machine's index in a multi-node run.")
+@click.option("--rdzv-endpoint", help="torchrun --rdzv_endpoint HOST:PORT (c10d rendezvous) for a multi-node run.")
+@click.option("--rdzv-id", help="torchrun --rdzv_id: a job id shared by the nodes of one run.")
 @click.pass_context
-def train_cmd(ctx: click.Context, stack_path: Path | None, overrides, enable, disable, seed: int | None, run_dir: Path | None) -> None:
+def train_cmd(
+    ctx: click.Context, stack_path: Path | None, overrides, enable, disable, seed: int | None, run_dir: Path | None,
+    nproc: int | None, nnodes: str | None, node_rank: int | None, rdzv_endpoint: str | None, rdzv_id: str | None,
+) -> None:
     """Train STACK end to end (default: stacks/tiny.toml, the CPU demo on the built-in corpus).
 
     Prints progress and a summary: val_bpb before and after quantization, artifact bytes
-    against the budget, and the run directory (train.log, report.json, model.golf).
+    against the budget, and the run directory (train.log, report.json, model.golf). With --nproc N
+    the run is `torchrun --standalone --nproc_per_node N -m golf_core STACK <options>`.
     """
+    from golf_core.launch import Nodes, launch, torchrun_command, train_arguments
     from golf_core.train import train
 
     path = stack_path if stack_path is not None else default_stack_path()
+    nodes = Nodes(nnodes, node_rank, rdzv_endpoint, rdzv_id)
+    if nodes.multi_node and nproc is None:
+        raise GolfError("--nnodes/--node-rank/--rdzv-endpoint/--rdzv-id launch torchrun: give --nproc (processes per node) too")
+    worker_args = train_arguments(path, overrides=overrides, enable=enable, disable=disable, seed=seed, run_dir=run_dir)
     overrides = [*overrides, *([f"run.seed={seed}"] if seed is not None else [])]
     stack = _resolve(ctx, path, overrides, enable, disable)
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -508,6 +522,9 @@ def train_cmd(ctx: click.Context, stack_path: Path | None, overrides, enable, di
         if not (sample_dataset_dir(vocab_size=stack.core.model.vocab_size) / "manifest.json").is_file() and is_main:
             click.echo("preparing the built-in sample corpus (first use only)")
         ensure_sample_dataset(vocab_size=stack.core.model.vocab_size, log=click.echo if is_main else None)
+    if nproc is not None:  # the corpus is ready before the workers start (none of them builds it)
+        plugins_dirs = ctx.find_root().params.get("plugins_dir") or ()
+        ctx.exit(launch(torchrun_command(nproc, worker_args, nodes, plugins_dirs=plugins_dirs)))
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
     report = train(stack, _catalog(ctx), run_dir=run_dir, echo=click.echo)

@@ -114,8 +114,17 @@ def golf_data_loader(ctx: RunContext) -> Any | None:
 
     Convention: firstresult; core default (``trylast``) is the challenge's sequential
     ``DistributedTokenLoader`` over ``ctx.train_files``. The returned object must have
-    ``next_batch(global_tokens: int, seq_len: int, grad_accum_steps: int) -> (x, y)`` returning two
-    int64 tensors of shape ``[batch, seq_len]`` already on ``ctx.device``.
+    ``next_batch(global_tokens: int, seq_len: int, grad_accum_steps: int)`` returning ``(x, y)``,
+    two int64 tensors of shape ``[batch, seq_len]`` already on ``ctx.device``, or
+    ``(x, y, attn_meta)``: ``x``/``y`` of any ``[batch, T]`` shape with ``batch * T`` the rank's
+    micro-batch tokens, and ``attn_meta`` a small dict of keyword arguments the trainer passes to
+    the model's forward, ``model(x, y, **attn_meta)``; the baseline model understands
+    ``cu_seqlens`` (int32 segment starts in the flattened tokens, then their total) and
+    ``max_seqlen`` (a Python int): attention stays inside each segment (document packing,
+    ``golf_core.model.attention``). Calibration gets such batches cut into ``[rows, seq_len]``
+    without the metadata. Optionally the loader has ``warmup_batches(global_tokens, seq_len,
+    grad_accum_steps)`` yielding batches of every ``attn_meta`` shape it can produce; the compile
+    warm-up runs each forward and backward once per graph variant so no shape compiles on the clock.
     """
 
 
@@ -145,7 +154,8 @@ def golf_build_model(spec: ModelSpec, ctx: RunContext) -> nn.Module | None:
 
     Convention: firstresult; core default (``trylast``) is the baseline GPT of
     ``golf_core.model.gpt``. The module must implement ``forward(input_ids, target_ids) -> loss``
-    (mean cross-entropy in nats) and ``forward_logits(input_ids) -> logits``.
+    (mean cross-entropy in nats) and ``forward_logits(input_ids) -> logits``; with a data loader
+    that returns ``attn_meta`` its forward must also accept those keyword arguments.
     """
 
 

@@ -207,6 +207,62 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def unpack_batch(batch) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """A loader's batch as ``(x, y, attn_meta)``: loaders return ``(x, y)`` or ``(x, y, attn_meta)``.
+
+    ``attn_meta`` (a dict, possibly empty) holds keyword arguments for the model's forward, e.g.
+    ``cu_seqlens`` / ``max_seqlen`` of a document-packed batch (``golf_core.model.attention``).
+    """
+    if isinstance(batch, (tuple, list)):
+        if len(batch) == 2:
+            return batch[0], batch[1], {}
+        if len(batch) == 3 and (batch[2] is None or isinstance(batch[2], dict)):
+            return batch[0], batch[1], dict(batch[2] or {})
+    raise GolfError(
+        f"the data loader's next_batch returned {type(batch).__name__} of length {len(batch) if hasattr(batch, '__len__') else '?'}; "
+        "it must return (x, y) or (x, y, attn_meta) with attn_meta a dict of model keyword arguments"
+    )
+
+
+class CalibrationRows:
+    """The training loader as plain ``[rows, seq_len]`` batches for calibration (GPTQ Hessians).
+
+    A document-packed batch is one long row whose attention is kept inside documents by its
+    ``attn_meta``; calibration runs ``forward_logits`` on dense rows, so the packed row is cut
+    into ``seq_len`` rows and the metadata dropped (the baseline loader's rows, which is what
+    PR #1855 calibrates on).
+    """
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+
+    def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, attn_meta = unpack_batch(self.loader.next_batch(global_tokens, seq_len, grad_accum_steps))
+        if attn_meta:
+            x, y = x.reshape(-1, seq_len), y.reshape(-1, seq_len)
+        return x, y
+
+
+def _mean_over_ranks(value: torch.Tensor, layout: Distributed) -> torch.Tensor:
+    """``value`` averaged over ranks (the logged training loss is the whole global batch's)."""
+    if not layout.enabled:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value)  # SUM: gloo has no AVG
+    return value / layout.world_size
+
+
+def _ranks_in_sync(model: nn.Module, layout: Distributed) -> bool:
+    """Whether every rank holds bit-identical weights (per-parameter float64 sums compared)."""
+    if not layout.enabled:
+        return True
+    with torch.no_grad():
+        sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
+    gathered = [torch.empty_like(sums) for _ in range(layout.world_size)]
+    dist.all_gather(gathered, sums)
+    return all(torch.equal(gathered[0], g) for g in gathered[1:])
+
+
 def train(
     stack: ResolvedStack,
     catalog: Catalog,
@@ -219,7 +275,9 @@ def train(
     """Run ``stack`` end to end and return the report (also written to ``run_dir/report.json``)."""
     cfg = stack.core
     timer = Timer()
+    owns_group = not (dist.is_available() and dist.is_initialized())
     layout = init_distributed("cuda" if cfg.run.device != "cpu" and torch.cuda.is_available() else "cpu")
+    owns_group = owns_group and layout.enabled
     device = pick_device(cfg.run.device, layout.local_rank)
     seed_everything(cfg.run.seed)
     if device.type == "cuda":
@@ -247,9 +305,14 @@ def train(
     log = RunLog(run_dir / "train.log" if (run_dir and layout.rank == 0) else None, layout.rank == 0 and not quiet, echo)
     timer.live = log.live
     try:
-        return _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tokenizer, train_files, val_files, extra_plugins)
+        report = _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tokenizer, train_files, val_files, extra_plugins)
     finally:
         log.close()
+    if owns_group:
+        # Every rank done before any closes its connections (a gloo peer that vanishes mid-exit aborts the others).
+        dist.barrier()
+        dist.destroy_process_group()
+    return report
 
 
 def _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tokenizer, train_files, val_files, extra_plugins):
@@ -288,6 +351,13 @@ def _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tok
         pm.hook.golf_patch_model(model=base_model, ctx=ctx)
         cast_for_device(base_model, device)
         use_compile = cfg.run.compile == "on" or (cfg.run.compile == "auto" and device.type == "cuda")
+        if use_compile:
+            # One graph per layout x attention-metadata shape (cu_seqlens buckets): room for all
+            # of them, as the records do (cache_size_limit 16-64), instead of falling back to eager.
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            if layout.enabled:
+                # DDP all-reduces after backward; splitting the graph at its buckets only costs fusion.
+                torch._dynamo.config.optimize_ddp = False
         compiled = torch.compile(base_model, dynamic=False, fullgraph=True) if use_compile else base_model
         if layout.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -325,9 +395,9 @@ def _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tok
         for micro in range(grad_accum):
             if layout.enabled:
                 model.require_backward_grad_sync = micro == grad_accum - 1
-            x, y = loader.next_batch(tcfg.train_batch_tokens, tcfg.train_seq_len, grad_accum)
+            x, y, attn_meta = unpack_batch(loader.next_batch(tcfg.train_batch_tokens, tcfg.train_seq_len, grad_accum))
             with autocast_for(device):
-                loss = model(x, y)
+                loss = model(x, y, **attn_meta)
             total += loss.detach()
             (loss / grad_accum).backward()
         return total / grad_accum
@@ -339,11 +409,22 @@ def _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tok
             initial_optim = optimizer.state_dict()
             loader = pm.hook.golf_data_loader(ctx=ctx)
             model.train()
+            # Batches of every attention-metadata shape the loader can produce (document packing's
+            # cu_seqlens buckets), each run forward and backward once per variant below.
+            make_shapes = getattr(loader, "warmup_batches", None)
+            shape_batches = [unpack_batch(b) for b in make_shapes(tcfg.train_batch_tokens, tcfg.train_seq_len, grad_accum)] if make_shapes else []
             # Once plainly, then once inside each graph variant a technique registered in the spec
             # (depth recurrence's looped layout): every graph the run switches to is compiled here.
             variants = {"": contextlib.nullcontext, **spec.warmup_variants}
             for variant in variants.values():
                 with variant(base_model):
+                    for x, y, attn_meta in shape_batches:
+                        if layout.enabled:
+                            model.require_backward_grad_sync = True
+                        with autocast_for(device):
+                            loss = model(x, y, **attn_meta)
+                        (loss / grad_accum).backward()
+                        optimizer.zero_grad()
                     for _ in range(tcfg.compile_warmup_steps):
                         optimizer.zero_grad()
                         micro_step(loader)
@@ -353,7 +434,8 @@ def _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tok
             optimizer.zero_grad()
             _sync(device)
         names = "".join(f" + {n}" for n in spec.warmup_variants)
-        log(f"compile_warmup: {tcfg.compile_warmup_steps} steps x (plain{names}) in {timer.phases['compile_warmup']:.1f}s (state restored)")
+        shapes = f", each after {len(shape_batches)} attention-shape batches" if shape_batches else ""
+        log(f"compile_warmup: {tcfg.compile_warmup_steps} steps x (plain{names}){shapes} in {timer.phases['compile_warmup']:.1f}s (state restored)")
 
     # ---- training --------------------------------------------------------------------------
     loader = pm.hook.golf_data_loader(ctx=ctx)
@@ -409,7 +491,7 @@ def _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tok
         elapsed = train_seconds + time.perf_counter() - t0
         log_now = tcfg.train_log_every > 0 and (step <= 10 or step % tcfg.train_log_every == 0)
         if log_now or step == tcfg.iterations:
-            last_loss = float(train_loss.item())
+            last_loss = float(_mean_over_ranks(train_loss, layout).item())
             tok_s = step * tokens_per_step / max(elapsed, 1e-9)
             curve.append([step, last_loss, elapsed])
             log(f"step:{step}/{tcfg.iterations} train_loss:{last_loss:.4f} train_time:{elapsed * 1000:.0f}ms step_avg:{elapsed * 1000 / step:.2f}ms tok/s:{tok_s:,.0f}")
@@ -427,7 +509,10 @@ def _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tok
     if cap > 0 and stop_after is not None:
         log(f"stopping_early: wallclock_cap train_time:{train_seconds * 1000:.0f}ms step:{step}/{tcfg.iterations}")
     if not curve or curve[-1][0] != step:
-        curve.append([step, float(train_loss.item()) if step else float("nan"), train_seconds])
+        curve.append([step, float(_mean_over_ranks(train_loss, layout).item()) if step else float("nan"), train_seconds])
+    ranks_in_sync = _ranks_in_sync(base_model, layout)
+    if not ranks_in_sync:
+        log("warning: ranks finished training with different weights; the gradient or optimizer sync is broken")
     tokens_per_second = step * tokens_per_step / max(train_seconds, 1e-9)
     if device.type == "cuda":
         log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB")
@@ -444,6 +529,7 @@ def _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tok
         "techniques": list(stack.techniques),
         "device": str(device),
         "world_size": layout.world_size,
+        "ranks_in_sync": ranks_in_sync,
         "model_params": n_params,
         "steps": step,
         "tokens_per_step": tokens_per_step,
@@ -465,7 +551,7 @@ def _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tok
         return (cap - train_seconds - (time.perf_counter() - budget_t0)) if cap > 0 else float("inf")
 
     calib = CalibrationData(
-        make_loader=lambda: pm.hook.golf_data_loader(ctx=ctx),
+        make_loader=lambda: CalibrationRows(pm.hook.golf_data_loader(ctx=ctx)),
         batch_tokens=tcfg.train_batch_tokens // max(grad_accum, 1),
         seq_len=tcfg.train_seq_len,
         seconds_left=seconds_left,

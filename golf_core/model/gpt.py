@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from golf_core.errors import GolfError
+from golf_core.model.attention import AttentionScope, causal_attention
 from golf_core.model.spec import ModelSpec
 
 # Small "control" tensors: kept in float32, optimized by Adam, passed through quantization in
@@ -146,6 +147,9 @@ class AdapterSet(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
+    # The owning GPT's AttentionScope (document boundaries of the current forward); None = dense rows.
+    scope: AttentionScope | None = None
+
     def __init__(self, spec: ModelSpec, layer_index: int) -> None:
         super().__init__()
         dim, self.num_heads, self.num_kv_heads = spec.model_dim, spec.num_heads, spec.num_kv_heads
@@ -184,10 +188,11 @@ class CausalSelfAttention(nn.Module):
             for transform in self.value_transforms:
                 v_bthd = transform(v_bthd, x)
             v = v_bthd.transpose(1, 2)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=None, is_causal=True, enable_gqa=self.num_kv_heads != self.num_heads
-        )
-        y = y.transpose(1, 2)  # [B, T, H, D]
+        scope = self.scope
+        if scope is not None and scope.cu_seqlens is not None:  # packed documents (golf_core.model.attention)
+            y = causal_attention(q, k, v, scope.cu_seqlens, scope.max_seqlen)
+        else:
+            y = causal_attention(q, k, v)  # [B, T, H, D]
         if len(self.output_transforms):
             v_bthd = v.transpose(1, 2)
             for transform in self.output_transforms:
@@ -281,6 +286,10 @@ class GPT(nn.Module):
         num_skips = max(min(len(enc), len(dec)) for enc, dec in self.layouts.values())
         self.skip_weights = nn.Parameter(torch.ones(num_skips, spec.model_dim, dtype=torch.float32))
         self.blocks = nn.ModuleList([Block(spec, i) for i in range(spec.num_layers)])
+        # Document boundaries reach every attention layer through one shared scope (see hidden()).
+        self.attn_scope = AttentionScope()
+        for block in self.blocks:
+            block.attn.scope = self.attn_scope
         self.embed_transforms = nn.ModuleList([factory(spec) for factory in spec.embed_transforms])
         self.final_norm = RMSNorm()
         self.lm_head = None if spec.tie_embeddings else CastedLinear(spec.model_dim, spec.vocab_size, bias=False)
@@ -363,8 +372,14 @@ class GPT(nn.Module):
             return x + scaled
         return self.skip_gates(x, scaled, k)
 
-    def hidden(self, input_ids: Tensor, adapters: AdapterSet | None = None) -> Tensor:
-        """Final normed hidden states ``[B, T, C]``."""
+    def hidden(
+        self, input_ids: Tensor, adapters: AdapterSet | None = None, cu_seqlens: Tensor | None = None, max_seqlen: int = 0
+    ) -> Tensor:
+        """Final normed hidden states ``[B, T, C]``.
+
+        With ``cu_seqlens`` (segment starts in the flattened ``B * T`` tokens, then the total; see
+        ``golf_core.model.attention``) attention stays inside each segment: packed documents.
+        """
         x = self.tok_emb(input_ids)
         for transform in self.embed_transforms:
             x = transform(x, input_ids)
@@ -376,6 +391,8 @@ class GPT(nn.Module):
                 f"the adapters have {len(adapters.slots)} slots but layout '{self.active_layout}' runs "
                 f"{len(encoder) + len(decoder)} blocks; size them with model.num_slots()"
             )
+        scope = self.attn_scope
+        scope.cu_seqlens, scope.max_seqlen = cu_seqlens, max_seqlen
         lanes = self.lanes
         stream = x  # a tensor, or a tuple of lanes once a lanes module splits it
         skips: list = []
@@ -396,6 +413,7 @@ class GPT(nn.Module):
                     stream = self.merge_skip(j, stream, skip)
                 stream = self.blocks[i](stream, x0, slot)
         x = lanes.readout(stream) if isinstance(stream, tuple) else stream
+        scope.cu_seqlens, scope.max_seqlen = None, 0
         return self.final_norm(x)
 
     def head(self, h: Tensor, adapters: AdapterSet | None = None) -> Tensor:
@@ -406,8 +424,11 @@ class GPT(nn.Module):
             logits = logits + adapters.head(h)
         return logits
 
-    def forward(self, input_ids: Tensor, target_ids: Tensor, adapters: AdapterSet | None = None) -> Tensor:
-        h = self.hidden(input_ids, adapters)
+    def forward(
+        self, input_ids: Tensor, target_ids: Tensor, adapters: AdapterSet | None = None,
+        cu_seqlens: Tensor | None = None, max_seqlen: int = 0,
+    ) -> Tensor:
+        h = self.hidden(input_ids, adapters, cu_seqlens, max_seqlen)
         if adapters is None:
             logits = self.head(h.reshape(-1, h.size(-1)))
         else:  # head adapters see [B, T, C] (per-sequence LoRA is batched over B)
@@ -418,9 +439,11 @@ class GPT(nn.Module):
                 loss = loss + term(h, target_ids)
         return loss
 
-    def forward_logits(self, input_ids: Tensor, adapters: AdapterSet | None = None) -> Tensor:
+    def forward_logits(
+        self, input_ids: Tensor, adapters: AdapterSet | None = None, cu_seqlens: Tensor | None = None, max_seqlen: int = 0
+    ) -> Tensor:
         """Softcapped logits ``[B, T, V]`` in float32, for scoring."""
-        logits = self.head(self.hidden(input_ids, adapters), adapters).float()
+        logits = self.head(self.hidden(input_ids, adapters, cu_seqlens, max_seqlen), adapters).float()
         return self.logit_softcap * torch.tanh(logits / self.logit_softcap)
 
 
