@@ -251,9 +251,8 @@ class Bench:
         return score, int(val.numel() - 1)
 
     def run(self) -> list[dict[str, Any]]:
-        from golf_core.quant.artifact import counted_code_bytes
         from golf_core.quant.state import CalibrationData
-        from golf_core.train import shipped_code_paths
+        from golf_core.train import counted_stack_code
 
         weights = self.train()
         methods = [m.strip() for m in self.args.methods.split(",") if m.strip()]
@@ -272,7 +271,6 @@ class Bench:
         t0 = time.perf_counter()
         pre = score()
         print(f"unquantized: val_bpb {pre.val_bpb:.5f} on {n_val:,} tokens ({time.perf_counter() - t0:.1f}s)")
-        root = REPO
         rows = []
         for method in methods:
             for comp in compressors:
@@ -307,7 +305,7 @@ class Bench:
                 t = time.perf_counter()
                 post = score()
                 t_eval = time.perf_counter() - t
-                code = counted_code_bytes(shipped_code_paths(stack, self.catalog), root=root)["code_bytes"]
+                code = counted_stack_code(stack, self.catalog)["code_bytes"]
                 budget = stack.core.artifact.budget_bytes
                 row = {
                     "method": method, "compressor": comp, "model_bytes": len(blob), "code_bytes": code,

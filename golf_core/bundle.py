@@ -23,9 +23,12 @@ overrides anything. Run it with ``torchrun --standalone --nproc_per_node=8 train
 plain ``python train_gpt.py``; it trains, quantizes, writes the artifact and scores exactly as
 ``golf train`` does with the same stack and seed.
 
-Bytes are counted with :func:`golf_core.quant.artifact.counted_code_bytes` on the bundled file and
-checked against the budget together with ``golf check``'s model-size estimate
-(:func:`golf_core.check.estimate_artifact`).
+Bytes are counted by :func:`bundle_code_bytes` on the bundled file's text (what the bundled run,
+whose ``artifact.code_files`` is the file itself, counts) and checked against the budget together
+with ``golf check``'s model-size estimate (:func:`golf_core.check.estimate_artifact`). The same
+count is every stack's counted code: :func:`stack_code_bytes` renders the bundle a stack would get,
+and ``golf train`` and ``golf check`` report that (``artifact.code_files = ["bundle"]``, the
+default), so the three commands agree.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ from typing import Any
 import golf_core
 from golf_core.catalog import Catalog
 from golf_core.errors import GolfError
-from golf_core.quant.artifact import _strip_source, counted_code_bytes
+from golf_core.quant.artifact import _strip_source, counted_source_bytes
 from golf_core.stack import ResolvedStack, dumps_toml
 
 BUNDLE_ROOT = "_golf"
@@ -447,9 +450,11 @@ def _bundled_stack(stack: ResolvedStack) -> dict[str, Any]:
     flat = stack.flat()
     data = flat["data"]
     if data["dataset"] == "sample":
-        from golf_core.data import ensure_sample_dataset
+        # Where the corpus lives, without preparing it: counting a stack's code (golf check) reads
+        # no data; bundle() prepares it before writing the folder.
+        from golf_core.data import sample_dataset_dir
 
-        data["dataset"] = str(ensure_sample_dataset(vocab_size=stack.core.model.vocab_size))
+        data["dataset"] = str(sample_dataset_dir(vocab_size=stack.core.model.vocab_size))
     flat["artifact"]["code_files"] = [BUNDLE_FILE]
     return flat
 
@@ -505,6 +510,22 @@ def render_train_gpt(stack: ResolvedStack, catalog: Catalog) -> tuple[str, Amalg
     text = "\n".join(header) + "\n" + "\n".join(body) + _RUNNER
     ast.parse(text)  # a bundle that does not parse is golf's bug: fail here, not on the cluster
     return text, amalgam
+
+
+def bundle_code_bytes(text: str) -> dict[str, Any]:
+    """Counted code bytes of a ``train_gpt.py`` with this text, exactly as its own run counts the file."""
+    return counted_source_bytes([(BUNDLE_FILE, text)])
+
+
+def stack_code_bytes(stack: ResolvedStack, catalog: Catalog) -> dict[str, Any]:
+    """The counted code of ``stack``: its bundle's ``train_gpt.py`` (the modules a run imports), counted.
+
+    One implementation behind ``golf train`` (the report's artifact), ``golf check`` and ``golf
+    bundle``: ``files``, ``raw_bytes``, ``stripped_bytes`` and ``code_bytes`` of
+    :func:`bundle_code_bytes`, plus ``modules``, how many modules the bundle holds.
+    """
+    text, amalgam = render_train_gpt(stack, catalog)
+    return {**bundle_code_bytes(text), "modules": len(amalgam.order)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -619,6 +640,7 @@ def _readme(stack: ResolvedStack, catalog: Catalog, flat: dict, summary: dict[st
     lines += ["", "Core defaults (always on, replaced by a technique that implements the same hook):", ""]
     lines += [f"- {e.name} ({e.cls.stage}): {e.cls.summary()}" for e in catalog.defaults()]
     code, est = summary["code"], summary["estimate"]
+    compressed = est["kind"] == "expected compressed size"
     lines += [
         "",
         "## Bytes",
@@ -627,13 +649,14 @@ def _readme(stack: ResolvedStack, catalog: Catalog, flat: dict, summary: dict[st
         "|---|---:|",
         f"| train_gpt.py as written | {code['raw_bytes']:,} |",
         f"| counted code (comments and docstrings stripped, brotli q11, base85 self-extracting wrapper) | {code['code_bytes']:,} |",
-        f"| model estimate (`golf check`: uncompressed payload of the quantized weights) | {est['model_bytes']:,} |",
+        f"| model estimate (`golf check`, {est['quantizer']}: {est['kind']} of the quantized weights) | {est['model_bytes']:,} |",
         *([f"| model measured (largest compressed artifact of the runs below) | {summary['measured_model_bytes']:,} |"] if summary.get("measured_model_bytes") is not None else []),
         f"| total ({'measured model' if summary.get('measured_model_bytes') is not None else 'estimate'} + counted code) | {summary['total_bytes']:,} |",
         f"| budget | {summary['budget_bytes']:,} |",
         "",
-        f"Headroom {summary['headroom_bytes']:+,} bytes ({'fits' if summary['within_budget'] else 'OVER BUDGET'}); the compressed",
-        "model is usually smaller than its payload estimate, and each run's report.json has the exact artifact size.",
+        f"Headroom {summary['headroom_bytes']:+,} bytes ({'fits' if summary['within_budget'] else 'OVER BUDGET'}); "
+        + ("the model figure is the quantizer's expected compressed size," if compressed else "the compressed model is usually smaller than its payload estimate,"),
+        "and each run's report.json has the exact artifact size.",
         "",
         "## Settings",
         "",
@@ -672,16 +695,20 @@ def bundle(
     if out_dir.exists() and not out_dir.is_dir():
         raise GolfError(f"-o {out_dir}: not a directory")
     loaded = _load_reports(list(reports), stack)
+    if stack.core.data.dataset == "sample":  # the baked path must hold the corpus when the bundle runs
+        from golf_core.data import ensure_sample_dataset
+
+        ensure_sample_dataset(vocab_size=stack.core.model.vocab_size)
     text, amalgam = render_train_gpt(stack, catalog)
-    estimate = estimate_artifact(stack, catalog)
+    code = bundle_code_bytes(text)
+    estimate = estimate_artifact(stack, catalog, code={**code, "modules": len(amalgam.order)})
     flat = _bundled_stack(stack)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".golf-bundle", dir=out_dir.parent))
     try:
         (tmp / BUNDLE_FILE).write_text(text, encoding="utf-8")
-        code = counted_code_bytes([tmp / BUNDLE_FILE], root=tmp)
         budget = stack.core.artifact.budget_bytes
-        # A finished run's compressed model is the real figure; the estimate is uncompressed payload.
+        # A finished run's compressed model is the real figure; the estimate is only an estimate.
         measured = max((int(r["artifact"]["model_bytes"]) for r in loaded), default=None)
         total = (measured if measured is not None else estimate["model_bytes"]) + code["code_bytes"]
         summary: dict[str, Any] = {
@@ -754,4 +781,7 @@ def format_bundle(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Amalgamation", "BUNDLE_FILE", "EXCLUDED_AT_RUNTIME", "bundle", "bundle_name", "format_bundle", "render_train_gpt"]
+__all__ = [
+    "Amalgamation", "BUNDLE_FILE", "EXCLUDED_AT_RUNTIME", "bundle", "bundle_code_bytes", "bundle_name", "format_bundle",
+    "render_train_gpt", "stack_code_bytes",
+]

@@ -5,45 +5,47 @@ Three answers, without reading data or training:
 1. validation: the stack resolves (the caller resolves it; a :class:`~golf_core.stack.StackError`
    lists every problem) and its plugin manager builds (firstresult clashes, ``requires``,
    ``conflicts``, misspelled hooks);
-2. legality: each enabled technique's :class:`~golf_core.technique.Legality`; the stack is
-   compliant when none breaks a rule, else each broken condition is named with its code from
+2. legality: each enabled technique's :class:`~golf_core.technique.Legality` under the stack's
+   Params (:meth:`Technique.legality_for <golf_core.technique.Technique.legality_for>`); the stack
+   is compliant when none breaks a rule, else each broken condition is named with its code from
    :data:`~golf_core.technique.LEGALITY_CONDITIONS` and the technique's reason;
 3. artifact size: the model is built through the model-build hooks (on the ``meta`` device, so
    a 17M-parameter model costs no memory or time; on CPU if a technique cannot build there),
    and every state-dict tensor is priced by the technique that owns ``golf_quantize`` through
    its optional plain method ``estimate_tensor_bytes(name, shape) -> int`` (1 byte per element
-   when it has none). Counted code bytes are computed exactly as the trainer counts them. The
-   model figure is an *uncompressed payload* estimate: brotli usually shrinks it, container
-   headers and ``golf_refine_quant`` additions are not in it.
+   when it has none). What that figure is comes from the quantizer's optional class attribute
+   ``estimate_kind`` (:data:`ESTIMATE_KINDS`): ``"payload"`` (the default), uncompressed payload
+   bytes, which brotli usually shrinks; ``"compressed"``, the expected size in the compressed
+   artifact (gptq). Container headers and ``golf_refine_quant`` additions are in neither. Counted
+   code bytes are the trainer's and ``golf bundle``'s (:func:`golf_core.train.counted_stack_code`).
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
 
-import golf_core
 from golf_core.catalog import Catalog
 from golf_core.context import RunContext
 from golf_core.errors import GolfError
 from golf_core.manager import enabled_plugins, make_plugin_manager
 from golf_core.model.spec import ModelSpec
-from golf_core.quant.artifact import counted_code_bytes
 from golf_core.stack import ResolvedStack
 from golf_core.technique import LEGALITY_CONDITIONS
 
 FALLBACK_BYTES_PER_ELEMENT = 1
+# A quantizer's ``estimate_kind`` -> how golf check labels its model figure.
+ESTIMATE_KINDS = {"payload": "uncompressed payload estimate", "compressed": "expected compressed size"}
 
 
 def legality_summary(stack: ResolvedStack, catalog: Catalog) -> dict[str, Any]:
-    """Each enabled technique's legality and, when any breaks a rule, what and why."""
+    """Each enabled technique's legality under its Params and, when any breaks a rule, what and why."""
     rows = []
     broken = []
-    for name in stack.techniques:
-        legality = catalog.get(name).cls.legality
+    for name, params in stack.techniques.items():
+        legality = catalog.get(name).cls.legality_for(params)
         rows.append(
             {"name": name, "reads": list(legality.reads), "breaks": list(legality.breaks), "reason": legality.reason, "compliant": legality.compliant}
         )
@@ -98,17 +100,33 @@ def quantizer_owner(pm) -> Any:
     return impls[-1].plugin if impls else None
 
 
-def estimate_artifact(stack: ResolvedStack, catalog: Catalog, pm=None) -> dict[str, Any]:
-    """Parameter count and the artifact-size estimate (model payload + counted code) vs the budget."""
-    from golf_core.train import shipped_code_paths
+def estimate_kind(owner: Any) -> str:
+    """The label of the quantizer's model figure, from its optional ``estimate_kind`` attribute."""
+    kind = getattr(owner, "estimate_kind", "payload")
+    if kind not in ESTIMATE_KINDS:
+        raise GolfError(
+            f"{getattr(owner, 'name', 'the quantizer')}.estimate_kind = {kind!r}: use one of {', '.join(map(repr, ESTIMATE_KINDS))}"
+        )
+    return ESTIMATE_KINDS[kind]
+
+
+def estimate_artifact(stack: ResolvedStack, catalog: Catalog, pm=None, code: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Parameter count and the artifact-size estimate (model bytes + counted code) vs the budget.
+
+    ``code``: the stack's counted code when the caller has it already (``golf bundle``).
+    """
+    from golf_core.train import counted_stack_code
 
     model, built_on, pm = build_for_estimate(stack, catalog, pm)
     params = sum(p.numel() for p in model.parameters())
     owner = quantizer_owner(pm)
     estimator = getattr(owner, "estimate_tensor_bytes", None)
     notes = []
-    if not callable(estimator):
+    if callable(estimator):
+        kind = estimate_kind(owner)
+    else:
         estimator = None
+        kind = ESTIMATE_KINDS["payload"]
         notes.append(
             f"{getattr(owner, 'name', 'the quantizer')} has no estimate_tensor_bytes(); "
             f"assumed {FALLBACK_BYTES_PER_ELEMENT} byte per element"
@@ -127,8 +145,7 @@ def estimate_artifact(stack: ResolvedStack, catalog: Catalog, pm=None) -> dict[s
     ]
     if refiners:
         notes.append(f"bytes added by golf_refine_quant ({', '.join(refiners)}) are not included")
-    root = Path(golf_core.__file__).resolve().parent.parent
-    code = counted_code_bytes(shipped_code_paths(stack, catalog), root=root)
+    code = code if code is not None else counted_stack_code(stack, catalog)
     budget = stack.core.artifact.budget_bytes
     total = model_bytes + code["code_bytes"]
     return {
@@ -141,11 +158,12 @@ def estimate_artifact(stack: ResolvedStack, catalog: Catalog, pm=None) -> dict[s
         "model_bytes": model_bytes,
         "code_bytes": code["code_bytes"],
         "code_files": code["files"],
+        "code_modules": code.get("modules"),
         "total_bytes": total,
         "budget_bytes": budget,
         "headroom_bytes": budget - total,
         "within_budget": total <= budget,
-        "kind": "uncompressed payload estimate",
+        "kind": kind,
         "notes": notes,
     }
 
@@ -187,16 +205,27 @@ def format_check(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"artifact ({a['kind']}; quantizer {a['quantizer']}, model built on {a['built_on']}):")
     lines.append(f"  parameters     {a['params']:>14,}")
-    lines.append(f"  model payload  {a['model_bytes']:>14,} B  ({a['tensors']} tensors)")
-    lines.append(f"  counted code   {a['code_bytes']:>14,} B  ({a['code_files']} files, compressed as shipped)")
+    model = "model (compr.)" if a["kind"] == ESTIMATE_KINDS["compressed"] else "model payload "
+    lines.append(f"  {model} {a['model_bytes']:>14,} B  ({a['tensors']} tensors)")
+    if a.get("code_modules") is not None:  # the modules a run imports, bundled as golf bundle writes them
+        shipped = f"{a['code_modules']} modules in the bundled train_gpt.py"
+    else:
+        shipped = f"{a['code_files']} files of artifact.code_files"
+    lines.append(f"  counted code   {a['code_bytes']:>14,} B  ({shipped}, compressed as shipped)")
     lines.append(f"  total          {a['total_bytes']:>14,} B")
     lines.append(f"  budget         {a['budget_bytes']:>14,} B")
     verdict = "fits" if a["within_budget"] else "OVER BUDGET"
     lines.append(f"  headroom       {a['headroom_bytes']:>+14,} B  ({verdict})")
     for note in a["notes"]:
         lines.append(f"  note: {note}")
-    lines.append("  the model figure is uncompressed payload; the compressed artifact is usually smaller")
+    if a["kind"] == ESTIMATE_KINDS["compressed"]:
+        lines.append(f"  the model figure is {a['quantizer']}'s expected compressed size; the run's report has the exact bytes")
+    else:
+        lines.append("  the model figure is uncompressed payload; the compressed artifact is usually smaller")
     return "\n".join(lines)
 
 
-__all__ = ["build_for_estimate", "check_stack", "estimate_artifact", "format_check", "legality_summary", "quantizer_owner"]
+__all__ = [
+    "ESTIMATE_KINDS", "build_for_estimate", "check_stack", "estimate_artifact", "estimate_kind", "format_check",
+    "legality_summary", "quantizer_owner",
+]

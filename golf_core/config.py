@@ -86,8 +86,9 @@ class EvalConfig:
 class ArtifactConfig:
     budget_bytes: int = param(16_000_000, "code bytes + compressed model bytes must not exceed this (decimal)")
     code_files: list[str] = param(
-        ["golf_core", "plugins:enabled"],
-        "what counts as shipped code: package dirs, and 'plugins:enabled' for the enabled techniques",
+        ["bundle"],
+        "what counts as shipped code: ['bundle'] = the train_gpt.py `golf bundle` writes for the stack (the modules "
+        "a run imports); or paths under the repo root, 'plugins:enabled' for the enabled techniques",
     )
 
 

@@ -79,6 +79,16 @@ class Technique:
         self.params = params if params is not None else self.Params()
 
     @classmethod
+    def legality_for(cls, params: object) -> Legality:
+        """The legality of this technique run with ``params``.
+
+        Override when a parameter changes it (``ngram_mixer``'s ``normalize``); ``golf check`` and
+        the scoring pass ask this with the stack's Params. The class attribute ``legality`` stays
+        the worst case over all Params, which the catalog (``golf list``/``golf show``) displays.
+        """
+        return cls.legality
+
+    @classmethod
     def summary(cls) -> str:
         doc = inspect.getdoc(cls) or ""
         return doc.strip().splitlines()[0] if doc.strip() else ""

@@ -122,11 +122,21 @@ def code_version() -> str:
     return "unknown"
 
 
+# artifact.code_files' default: a stack's code is the train_gpt.py `golf bundle` writes for it.
+BUNDLED_CODE = "bundle"
+
+
 def shipped_code_paths(stack: ResolvedStack, catalog: Catalog) -> list[Path]:
-    """The sources counted as submission code: core packages plus the enabled techniques."""
+    """The sources an explicit ``artifact.code_files`` list names: paths under the repo root, and
+    ``"plugins:enabled"`` for the enabled techniques' packages."""
     root = Path(golf_core.__file__).resolve().parent.parent
     paths: list[Path] = []
     for item in stack.core.artifact.code_files:
+        if item == BUNDLED_CODE:
+            raise GolfError(
+                f"artifact.code_files: {BUNDLED_CODE!r} (the bundled train_gpt.py) cannot be combined with other entries; "
+                f"use [{BUNDLED_CODE!r}] or a list of paths"
+            )
         if item == "plugins:enabled":
             for name in stack.techniques:
                 module = __import__(catalog.get(name).cls.__module__, fromlist=["_"])
@@ -138,6 +148,27 @@ def shipped_code_paths(stack: ResolvedStack, catalog: Catalog) -> list[Path]:
                 raise GolfError(f"artifact.code_files: {item!r} not found under {root}")
             paths.append(candidate)
     return paths
+
+
+def counted_stack_code(stack: ResolvedStack, catalog: Catalog) -> dict[str, Any]:
+    """The stack's counted code (``code_bytes`` and detail): one implementation for ``golf train``,
+    ``golf check`` and ``golf bundle``.
+
+    With ``artifact.code_files = ["bundle"]`` (the default) it is the ``train_gpt.py`` that ``golf
+    bundle`` writes for the stack, counted as that file's own run counts it: the modules a run
+    imports (trainer, core defaults, enabled techniques), not the CLI-only ones
+    (:data:`golf_core.bundle.EXCLUDED_AT_RUNTIME`). A list of paths is counted as it stands.
+    """
+    if list(stack.core.artifact.code_files) == [BUNDLED_CODE]:
+        try:
+            from golf_core.bundle import stack_code_bytes
+        except ImportError:  # a bundled train_gpt.py leaves golf_core.bundle out
+            raise GolfError(
+                f"artifact.code_files = [{BUNDLED_CODE!r}] needs golf's sources; a bundled train_gpt.py counts itself "
+                "(--set artifact.code_files=['train_gpt.py'])"
+            ) from None
+        return stack_code_bytes(stack, catalog)
+    return counted_code_bytes(shipped_code_paths(stack, catalog), root=Path(golf_core.__file__).resolve().parent.parent)
 
 
 class RunLog:
@@ -562,7 +593,7 @@ def _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tok
         pm.hook.golf_refine_quant(qstate=qstate, model=base_model, calib=calib, ctx=ctx)
     with timer("serialize"):
         blob = pm.hook.golf_serialize(qstate=qstate, ctx=ctx)
-        code = counted_code_bytes(shipped_code_paths(stack, catalog), root=Path(golf_core.__file__).resolve().parent.parent)
+        code = counted_stack_code(stack, catalog)
     budget = cfg.artifact.budget_bytes
     total = len(blob) + code["code_bytes"]
     artifact = {

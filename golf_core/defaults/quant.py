@@ -22,6 +22,7 @@ class Int8RowQuant(Technique):
     stage = "quant"
     origin_pr = 18
     core_default = True
+    estimate_kind = "payload"  # estimate_tensor_bytes: raw payload bytes, before brotli (golf check's label)
 
     @dataclass(frozen=True, kw_only=True)
     class Params:

@@ -65,10 +65,11 @@ def autocast_for(device: torch.device):
 
 
 def declared_legality(adapter: EvalAdapter, ctx) -> Legality:
-    """The legality of the technique behind ``adapter``: the registered plugin's, else the adapter's own."""
+    """The legality of the technique behind ``adapter``: the registered plugin's under its Params, else the adapter's own."""
     pm = getattr(ctx, "pm", None)
     plugin = pm.get_plugin(adapter.name) if (pm is not None and adapter.name) else None
-    legality = getattr(plugin, "legality", None) or adapter.legality
+    legality_for = getattr(plugin, "legality_for", None)
+    legality = (legality_for(plugin.params) if callable(legality_for) else getattr(plugin, "legality", None)) or adapter.legality
     return legality if isinstance(legality, Legality) else Legality()
 
 

@@ -147,17 +147,20 @@ def shipped_sources(paths: list[Path]) -> list[Path]:
 def counted_code_bytes(paths: list[Path], root: Path | None = None) -> dict[str, Any]:
     """Size of the self-extracting wrapper of the shipped sources, as submissions count code."""
     files = shipped_sources(paths)
+    return counted_source_bytes([(os.path.relpath(f, root) if root else f.name, f.read_text(encoding="utf-8")) for f in files])
+
+
+def counted_source_bytes(sources: list[tuple[str, str]]) -> dict[str, Any]:
+    """:func:`counted_code_bytes` of ``(label, text)`` sources held in memory (a bundle's text)."""
     parts = []
     raw_bytes = 0
-    for f in files:
-        text = f.read_text(encoding="utf-8")
+    for label, text in sources:
         raw_bytes += len(text.encode())
-        label = os.path.relpath(f, root) if root else f.name
         parts.append(f"# {label}\n{_strip_source(text)}\n")
     stripped = "".join(parts).encode()
     packed = base64.b85encode(brotli.compress(stripped, quality=11)).decode()
     wrapper = f'import brotli as B,base64 as b\nexec(B.decompress(b.b85decode("{packed}")))\n'
-    return {"files": len(files), "raw_bytes": raw_bytes, "stripped_bytes": len(stripped), "code_bytes": len(wrapper.encode())}
+    return {"files": len(sources), "raw_bytes": raw_bytes, "stripped_bytes": len(stripped), "code_bytes": len(wrapper.encode())}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -11,7 +11,8 @@ smoothed unigram), and blended with the model with an entropy-adaptive weight::
 Only the target's blended probability is computed, as in the record, so it is not a distribution:
 over the vocabulary the blend does not sum to 1 (hashed counts and backoff), which breaks C2 and
 is declared. ``normalize = true`` instead blends with the n-gram distribution of the chosen order
-renormalized over the whole vocabulary: a proper distribution, computed for every token.
+renormalized over the whole vocabulary: a proper distribution, computed for every token, so the
+technique then declares no break (``legality_for``; ``golf check`` and the ledger use it).
 Counts are updated after each step is scored (score first, C3); the context, order and weight use
 only the prefix and the model (C1).
 """
@@ -41,6 +42,13 @@ LEGALITY = Legality(
         "renormalized blend"
     ),
 )
+# normalize = true: a full-vocabulary blend of two distributions, scored first and causal: C1-C4 hold.
+NORMALIZED_LEGALITY = Legality(reads=LEGALITY.reads)
+
+
+def legality_of(params) -> Legality:
+    """The legality under ``params``: the record's target-only blend breaks C2, the normalized one does not."""
+    return NORMALIZED_LEGALITY if params.normalize else LEGALITY
 
 
 class BackoffCounts:
@@ -131,6 +139,7 @@ class NgramMixerAdapter(EvalAdapter):
 
     def __init__(self, p) -> None:
         self.p = p
+        self.legality = legality_of(p)  # what the pass checks when no registered technique stands behind it
         self.changes_distribution = p.normalize
         self.target_only = not p.normalize
         self.blended = 0
@@ -256,6 +265,11 @@ class NgramMixer(Technique):
                 raise ValueError("alpha_base and alpha_base + alpha_range must lie in [0, 1]")
             if self.update not in ("window_inputs", "scored"):
                 raise ValueError(f"update = {self.update!r}: window_inputs or scored")
+
+    @classmethod
+    def legality_for(cls, params) -> Legality:
+        # The class attribute stays the worst case (normalize = false) for the catalog.
+        return legality_of(params)
 
     @hookimpl
     def golf_eval_adapters(self, model, ctx):

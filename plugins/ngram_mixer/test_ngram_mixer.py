@@ -110,6 +110,7 @@ def test_normalized_blend_is_a_distribution(setup) -> None:
     model, ctx, tokens = setup
     res, nll = per_target_nll(model, tokens, ctx, seq_len=64, batch_tokens=128, adapters=[NgramMixerAdapter(params(normalize=True))])
     assert res.ledger["c2_rows_checked"] > 0 and res.ledger["c2_max_deviation"] < 1e-4
+    assert "c2_declared_broken_by" not in res.ledger  # checked as a distribution, not exempted as a declared break
     assert res.adapters["ngram_mixer"]["blended_fraction"] > 0.8
     _, plain = per_target_nll(model, tokens, ctx, seq_len=64, batch_tokens=128)
     assert float(nll[400:].mean()) < float(plain[400:].mean()) - 0.5
@@ -135,6 +136,31 @@ def test_params_are_validated() -> None:
 
 def test_declares_the_broken_condition() -> None:
     assert NgramMixer.legality.breaks == ("C2",) and "sum to 1" in NgramMixer.legality.reason
+
+
+def test_legality_follows_normalize_in_golf_check() -> None:
+    """normalize = true breaks nothing: golf check reports the stack compliant; the catalog keeps the worst case."""
+    from golf_core.check import legality_summary
+    from golf_core.stack import resolve
+    from golf_core.testing import catalog
+
+    assert NgramMixer.legality_for(params()).breaks == ("C2",)
+    assert NgramMixer.legality_for(params(normalize=True)).compliant
+    assert NgramMixerAdapter(params(normalize=True)).legality.compliant and not NgramMixerAdapter(params()).legality.compliant
+    record = legality_summary(resolve(None, catalog(), enable=["ngram_mixer"]), catalog())
+    assert not record["compliant"] and [b["condition"] for b in record["broken"]] == ["C2"]
+    normalized = legality_summary(resolve(None, catalog(), enable=["ngram_mixer"], overrides=["techniques.ngram_mixer.normalize=true"]), catalog())
+    assert normalized["compliant"] and normalized["broken"] == [] and normalized["techniques"][0]["breaks"] == []
+    assert catalog().get("ngram_mixer").cls.legality.breaks == ("C2",)
+    # The scoring pass asks the registered technique with the run's Params too.
+    from golf_core.eval.scoring import declared_legality
+    from golf_core.testing import make_ctx, micro_stack
+
+    for normalize, breaks in ((True, ()), (False, ("C2",))):
+        ctx = make_ctx(micro_stack(enable=["ngram_mixer"], overrides=[f"techniques.ngram_mixer.normalize={str(normalize).lower()}"]))
+        adapter = ctx.pm.get_plugin("ngram_mixer").golf_eval_adapters(model=None, ctx=ctx)
+        adapter.legality = None  # only the registered technique's answer is left
+        assert declared_legality(adapter, ctx).breaks == breaks
 
 
 def test_micro_run(tmp_path) -> None:
