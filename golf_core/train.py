@@ -515,9 +515,10 @@ def _run(stack, catalog, cfg, layout, device, timer, log, run_dir, data_dir, tok
         if ctx.recompile_requested:
             ctx.recompile_requested = False
             if use_compile:
+                # reset() drops every cached graph, so the compiled module re-traces on its next
+                # call: the one `model` runs, inside DDP too (a new torch.compile object would not
+                # be the module the DDP wrapper holds). Every rank must request it at the same step.
                 torch._dynamo.reset()
-                compiled = torch.compile(base_model, dynamic=False, fullgraph=True)
-                model = compiled if not layout.enabled else model
                 log(f"step:{step} recompiling the training step (requested by a technique)")
         elapsed = train_seconds + time.perf_counter() - t0
         log_now = tcfg.train_log_every > 0 and (step <= 10 or step % tcfg.train_log_every == 0)
