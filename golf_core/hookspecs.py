@@ -138,8 +138,14 @@ def golf_model_spec(spec: ModelSpec, ctx: RunContext) -> None:
     """Edit the declarative :class:`~golf_core.model.spec.ModelSpec` before the model is built.
 
     Runs once per run, before :func:`golf_build_model`. The spec starts from the stack's
-    ``[model]`` table; techniques set fields (``mlp_activation``, ``rope_dims``) or append module
-    factories to its extension lists (``embed_transforms``, ``attn_output_transforms``).
+    ``[model]`` table and already carries ``loss_fn`` from :func:`golf_loss_fn`. Techniques set
+    fields or append module factories; the extension points (contracts in
+    ``golf_core.model.spec``): ``rope_dims``, ``mlp_activation``, ``embed_transforms``,
+    ``value_transforms``, ``attn_output_transforms``, ``encoder_indices`` / ``decoder_indices``,
+    ``layouts`` (named block orders, switched with ``GPT.set_layout`` / ``GPT.use_layout``),
+    ``warmup_variants`` (graph states the compile warm-up runs in), ``norm_scale``,
+    ``skip_gates``, ``residual_lanes``, ``loss_terms`` and ``extras`` (free space for cooperating
+    techniques).
 
     Convention: every plugin, stack order; edit ``spec`` in place. Return value ignored.
     """
@@ -242,9 +248,15 @@ def golf_after_optimizer_step(step: int, model: nn.Module, optimizer: OptimizerB
     the number of steps completed. Not called during the compile warm-up. Keep it cheap: it runs
     thousands of times; plugins that do nothing should not implement it.
 
-    Convention: every plugin, stack order. Return value ignored. A plugin that changes what the
-    compiled graph computes must do so through module state the graph already reads (tensors),
-    or by asking the trainer to recompile (``ctx.request_recompile()``).
+    Convention: every plugin, stack order. Return value ignored. ``model`` is the uncompiled
+    module. A plugin that changes what the compiled graph computes does it through tensors the
+    graph already reads; or by switching to a pre-warmed layout: registered in
+    :func:`golf_model_spec` as ``spec.layouts[name]`` with a ``spec.warmup_variants`` entry (so
+    the compile warm-up compiled it), then ``model.set_layout(name)`` here, which costs no
+    compilation (``depth_recurrence``); or, for changes dynamo does not guard on, by
+    ``ctx.request_recompile()``, after which the trainer resets dynamo and the step re-traces on
+    the clock. Under torchrun every rank must make the same switch at the same step (decide
+    through a collective).
     """
 
 
@@ -272,7 +284,10 @@ def golf_quantize(model: nn.Module, calib: CalibrationData, ctx: RunContext) -> 
 
     Convention: firstresult; core default (``trylast``) is int8 per-row with fp16 passthrough of
     small tensors. Return a :class:`~golf_core.quant.state.QuantState` whose every entry records
-    its route (scheme, bits) for the artifact report.
+    its route (scheme, bits) for the artifact report. The implementing technique may define a
+    plain method ``estimate_tensor_bytes(name, shape) -> int`` for ``golf check``'s size estimate,
+    and the class attribute ``estimate_kind``: ``"payload"`` (default; raw payload bytes before
+    compression) or ``"compressed"`` (expected bytes in the compressed artifact, as ``gptq``).
     """
 
 
@@ -321,9 +336,14 @@ def golf_eval_adapters(model: nn.Module, ctx: RunContext) -> EvalAdapter | None:
     """Return an adapter that takes part in the final scoring pass, or ``None``.
 
     Runs once, after the artifact is reloaded and before the final scoring pass. The core owns
-    the pass: it scores each chunk with the model (and any distribution-changing adapters, which
-    see only the prefix), records loss and bytes in the ledger, and only then hands the scored
-    tokens to adapters that learn. See :class:`~golf_core.eval.adapters.EvalAdapter`.
+    the pass; an adapter takes roles by class attribute (:mod:`golf_core.eval.adapters`):
+    ``provides_plan`` -> ``plan(session)`` (which windows, at most one adapter); ``owns_forward``
+    -> ``forward(model, batch)`` (the scored positions' logits, at most one);
+    ``changes_distribution`` -> ``adjust_logprobs(logprobs, batch, stream)`` (normalized over the
+    vocabulary, from the prefix only: C1, C2); ``learns`` -> ``learn(scored)`` after the step's
+    scores are fixed (C3), with ``chunk_tokens`` asking for chunk ends; ``target_only`` ->
+    ``adjust_target_logprob(...)``, only for a technique that declares it breaks C2. Each target
+    is scored once (C4).
 
     Convention: every plugin, stack order; the core composes the returned adapters in that order.
     """
