@@ -1061,6 +1061,7 @@ IMPLIED: tuple[Implied, ...] = (
         "LeakyReLU(0.5)^2 MLP: hard-wired in every record script from PR #549 on",
     ),
     Implied("fused_mlp", ("ttt_lora_rank",), (), "fused LeakyReLU^2 MLP kernel: hard-wired from PR #1530 on (which added per-document LoRA TTT)"),
+    Implied("doc_packing", ("ttt_lora_rank",), (), "DocumentPackingLoader + varlen attention (no attention across BOS): hard-wired from PR #1530 on"),
     Implied("polar_express", ("sparse_attn_gate_enabled",), (), "Polar Express coefficients: baked into Newton-Schulz from PR #1787 on (which added SPARSE_ATTN_GATE_*)"),
     Implied("muon_eq_r", ("recur_layers",), (), "MuonEq-R: built into the optimizer of the PR #1285/#1334/#1487 scripts (no flag)"),
     Implied("ema", ("swa_enabled", "lawa_enabled"), (("decay", 0.997),), "EMA 0.997 after every step: hard-wired in the PR #414 -> #1019 scripts"),
@@ -1085,10 +1086,6 @@ GAPS: tuple[Gap, ...] = (
     Gap("shuffled_loader", ("parallel_residual_start", "etlb_enabled"),
         "training batches come from ShuffledSequenceLoader (random shard and offset per sequence, PR #1394 -> #1514); "
         "golf's loader streams the shards in order"),
-    Gap("doc_packing_varlen", ("ttt_lora_rank",),
-        "training uses DocumentPackingLoader + varlen attention (no attention across BOS, segments split every "
-        "TRAIN_SEQ_LEN, PR #1530 on); golf trains on fixed TRAIN_SEQ_LEN rows whose attention crosses documents "
-        "(same token stream on one rank)"),
     Gap("selective_prune", ("recur_layers", "swa_enabled"),
         "selective +-1 pruning of the lowest-error quantized values until the artifact fits (PR #609 lineage, "
         "hard-wired in these scripts): no golf technique"),
