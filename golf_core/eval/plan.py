@@ -18,6 +18,7 @@ when a learner asks for it, grouped into chunks of the stream as in PR #549 / #1
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -67,11 +68,12 @@ class Step:
         return self.chunk >= 0
 
 
-class Plan:
+class Plan(abc.ABC):
     """Base class: ``steps()`` yields this rank's steps in scoring order."""
 
+    @abc.abstractmethod
     def steps(self) -> Iterator[Step]:
-        raise NotImplementedError
+        """This rank's steps, in scoring order."""
 
 
 def bucket_width(width: int, cap: int) -> int:
