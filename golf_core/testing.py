@@ -3,7 +3,11 @@
 ``micro_stack()`` is a resolved stack small enough to train a few steps on CPU in seconds;
 ``make_ctx()`` a RunContext around it (no data read); ``make_pm()`` a checked plugin manager with
 just the techniques you name; ``run_micro()`` a whole run (train, quantize, reload, score) in a
-temporary directory, returning the report.
+temporary directory, returning the report. For "technique at its identity setting equals the core
+model bit for bit" tests: ``assert_core_init_untouched()`` checks that building a technique left the
+core parameters' initialisation alone, and ``randomize_shared_parameters()`` gives the parameters
+several models share the same random values (a fresh model's zero-initialised projections would
+make the comparison trivially true).
 
 Example, in ``plugins/my_gate/test_my_gate.py``::
 
@@ -95,6 +99,34 @@ def build_model(stack: ResolvedStack | None = None, seed: int = 0):
     model = pm.hook.golf_build_model(spec=spec, ctx=ctx)
     pm.hook.golf_patch_model(model=model, ctx=ctx)
     return model, spec, ctx
+
+
+def assert_core_init_untouched(core: torch.nn.Module, model: torch.nn.Module) -> None:
+    """Every parameter of ``core`` is in ``model`` under the same name with identical values.
+
+    Build both from the same seed: a technique that draws its initialisation from a private RNG
+    stream leaves the core's parameters as they were, which the bit-for-bit comparisons rely on.
+    """
+    params = dict(model.named_parameters())
+    for name, p in core.named_parameters():
+        assert name in params, f"{name} missing from the model with the technique"
+        assert torch.equal(p, params[name]), name
+
+
+def randomize_shared_parameters(*models: torch.nn.Module, seed: int = 3, scale: float = 0.2) -> None:
+    """Copy the same ``N(0, scale^2)`` values into every parameter name all ``models`` have.
+
+    The values are drawn in sorted-name order from a generator seeded with ``seed``, so a test
+    gets the same weights each run; parameters only some models have are left alone.
+    """
+    names = [dict(m.named_parameters()) for m in models]
+    shared = sorted(set.intersection(*(set(n) for n in names)))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name in shared:
+            value = torch.randn(names[0][name].shape, generator=g) * scale
+            for params in names:
+                params[name].copy_(value)
 
 
 def run_micro(

@@ -8,19 +8,14 @@ import torch
 from golf_core.model.gpt import is_control_tensor
 from golf_core.optim.roles import role_of
 from golf_core.stack import StackError
-from golf_core.testing import build_model, micro_stack, run_micro
+from golf_core.testing import (
+    assert_core_init_untouched,
+    build_model,
+    micro_stack,
+    randomize_shared_parameters,
+    run_micro,
+)
 from plugins.attn_out_gate.module import AttnOutGateModule
-
-
-def _randomize_shared(models, seed=3):
-    names = [dict(m.named_parameters()) for m in models]
-    shared = sorted(set.intersection(*(set(n) for n in names)))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name in shared:
-            value = torch.randn(names[0][name].shape, generator=g) * 0.2
-            for params in names:
-                params[name].copy_(value)
 
 
 def test_matches_slow_reference_from_the_attention_input():
@@ -43,10 +38,8 @@ def test_matches_slow_reference_from_the_attention_input():
 def test_zero_init_equals_core_model_bit_for_bit(src):
     core, _, _ = build_model(micro_stack(), seed=0)
     gated, _, _ = build_model(micro_stack(enable=["attn_out_gate"], overrides=[f"techniques.attn_out_gate.src='{src}'"]), seed=0)
-    gated_params = dict(gated.named_parameters())
-    for name, p in core.named_parameters():
-        assert torch.equal(p, gated_params[name]), name
-    _randomize_shared([core, gated])
+    assert_core_init_untouched(core, gated)
+    randomize_shared_parameters(core, gated)
     ids = torch.randint(0, 1024, (2, 16), generator=torch.Generator().manual_seed(0))
     assert torch.equal(core.forward_logits(ids), gated.forward_logits(ids))
     with torch.no_grad():

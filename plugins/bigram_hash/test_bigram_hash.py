@@ -7,7 +7,13 @@ import torch
 
 from golf_core.optim.roles import role_of
 from golf_core.stack import StackError
-from golf_core.testing import build_model, micro_stack, run_micro
+from golf_core.testing import (
+    assert_core_init_untouched,
+    build_model,
+    micro_stack,
+    randomize_shared_parameters,
+    run_micro,
+)
 from plugins.bigram_hash.module import BigramHashEmbedding
 
 BOS = 1
@@ -63,36 +69,23 @@ def test_forward_matches_reference():
     torch.testing.assert_close(module(x, ids), expected, rtol=1e-5, atol=1e-6)
 
 
-def _randomize_shared(models, seed=3):
-    names = [dict(m.named_parameters()) for m in models]
-    shared = sorted(set.intersection(*(set(n) for n in names)))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name in shared:
-            value = torch.randn(names[0][name].shape, generator=g) * 0.2
-            for params in names:
-                params[name].copy_(value)
-
-
 def test_zero_table_at_init_equals_core_model_bit_for_bit():
     core, _, _ = build_model(micro_stack(), seed=0)
     hashed, _, _ = build_model(micro_stack(enable=["bigram_hash"]), seed=0)
-    hashed_params = dict(hashed.named_parameters())
-    for name, p in core.named_parameters():
-        assert torch.equal(p, hashed_params[name]), name
+    assert_core_init_untouched(core, hashed)
     bigram = hashed.embed_transforms[0]
     assert not bigram.bigram_embed.weight.any() and bigram.bigram_proj.weight.any()
     # Orthogonal [64, 112] (orthonormal rows) scaled by 1/sqrt(2L), L = 2: W W^T = I / 4.
     w = bigram.bigram_proj.weight.double()
     torch.testing.assert_close(w @ w.T, torch.eye(64, dtype=torch.float64) / 4, rtol=0, atol=1e-6)
-    _randomize_shared([core, hashed])
+    randomize_shared_parameters(core, hashed)
     ids = ids_with_docs()
     assert torch.equal(core.forward_logits(ids), hashed.forward_logits(ids))
 
 
 def test_no_prediction_of_the_next_document_changes_when_a_document_is_edited():
     model, _, _ = build_model(micro_stack(enable=["bigram_hash"]), seed=0)
-    _randomize_shared([model])
+    randomize_shared_parameters(model)
     with torch.no_grad():
         model.embed_transforms[0].bigram_embed.weight.normal_()
         # The core attention is not document-isolated; silence it so the bigram is the only

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from golf_core import Technique, hookimpl, param
+from golf_core.kernels import interpret_mode
 from plugins.fused_ce import ops
 from plugins.fused_ce.ops import fused_softcapped_cross_entropy, single_pass_softcapped_cross_entropy
 
@@ -62,7 +63,7 @@ class FusedCE(Technique):
             where = "torch fallback (Triton is not installed)"
         elif ctx.device.type == "cuda":
             where = "Triton kernels on CUDA"
-        elif ops.interpret_mode():
+        elif interpret_mode():
             where = "Triton kernels in the interpreter (TRITON_INTERPRET)"
         else:
             where = "torch fallback (no CUDA, TRITON_INTERPRET unset)"

@@ -1,6 +1,6 @@
 """Triton kernels of the fused softcapped cross-entropy, written as plain functions.
 
-They are turned into Triton kernels at first launch by :func:`plugins.fused_ce.ops.kernel`
+They are turned into Triton kernels at first launch by :func:`golf_core.kernels.kernel`
 (compiled on CUDA, interpreted under ``TRITON_INTERPRET=1``), so the choice between the two is
 made when the kernel runs rather than when this module is imported. For that reason they call no
 other ``@triton.jit`` helper: the element math is written out in each kernel.

@@ -21,10 +21,11 @@ opaque op either way.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from torch import Tensor
+
+from golf_core.kernels import kernel, uses_triton
 
 try:  # Triton is optional: without it every call takes the torch path.
     import triton
@@ -48,39 +49,6 @@ CONFIG = {
     "bwd": {"block": 1024, "warps": 4},
     "fused": {"block": 16384, "warps_per_512": 1, "max_warps": 16},
 }
-
-
-def interpret_mode() -> bool:
-    """``TRITON_INTERPRET`` is set to a true value (read at every call, not at import)."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() not in ("", "0", "false", "off")
-
-
-def uses_triton(t: Tensor) -> bool:
-    """Whether a call on ``t`` runs the Triton kernels (compiled on CUDA, interpreted on CPU)."""
-    if triton is None:
-        return False
-    return t.is_cuda or (t.device.type == "cpu" and interpret_mode())
-
-
-_BUILT: dict[tuple[str, bool], object] = {}
-
-
-def kernel(fn):
-    """``fn`` as a Triton kernel: interpreted when ``TRITON_INTERPRET`` is set now, else compiled.
-
-    Built lazily and cached per mode, because ``triton.jit`` fixes the mode when it decorates
-    and the catalog imports this package long before a test sets the variable.
-    """
-    interp = interpret_mode()
-    key = (fn.__name__, interp)
-    if key not in _BUILT:
-        if interp:
-            from triton.runtime.interpreter import InterpretedFunction
-
-            _BUILT[key] = InterpretedFunction(fn)
-        else:
-            _BUILT[key] = triton.runtime.jit.JITFunction(fn)
-    return _BUILT[key]
 
 
 def fixed_shift(softcap: float, n_cols: int) -> bool:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from golf_core import GolfError, Technique, hookimpl, param
+from golf_core.kernels import interpret_mode
 from golf_core.model.gpt import MLP
 from plugins.fused_mlp import ops
 from plugins.fused_mlp.ops import IMPLS, fused_leaky_relu_sq_mlp, leaky_relu_sq
@@ -114,7 +115,7 @@ class FusedMLP(Technique):
             where = "torch fallback (Triton is not installed)"
         elif ctx.device.type == "cuda":
             where = f"Triton kernels on CUDA (kernel={self.params.kernel})"
-        elif ops.interpret_mode():
+        elif interpret_mode():
             where = "Triton kernels in the interpreter (TRITON_INTERPRET)"
         else:
             where = "torch fallback (no CUDA, TRITON_INTERPRET unset)"

@@ -11,7 +11,7 @@
 power-of-two slope 0.5.
 
 Two variants, written as plain functions and turned into kernels at launch by
-:func:`plugins.fused_mlp.ops.kernel` (no nested ``@triton.jit`` helpers, so the epilogue is
+:func:`golf_core.kernels.kernel` (no nested ``@triton.jit`` helpers, so the epilogue is
 written out where it is used):
 
 * :func:`mlp_act_matmul`: one output tile per program, pointer loads with masks; any GPU, any

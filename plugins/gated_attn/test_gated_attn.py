@@ -8,7 +8,13 @@ import torch
 from golf_core.model.gpt import is_control_tensor
 from golf_core.optim.roles import role_of
 from golf_core.stack import StackError
-from golf_core.testing import build_model, micro_stack, run_micro
+from golf_core.testing import (
+    assert_core_init_untouched,
+    build_model,
+    micro_stack,
+    randomize_shared_parameters,
+    run_micro,
+)
 from plugins.gated_attn.module import GatedAttnModule
 
 
@@ -38,26 +44,13 @@ def test_zero_weights_scale_by_exactly_one_half_and_every_input_dim_counts():
     assert not torch.equal(gate(y, v, edited), gate(y, v, x))
 
 
-def _randomize_shared(models, seed=3):
-    names = [dict(m.named_parameters()) for m in models]
-    shared = sorted(set.intersection(*(set(n) for n in names)))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name in shared:
-            value = torch.randn(names[0][name].shape, generator=g) * 0.2
-            for params in names:
-                params[name].copy_(value)
-
-
 def test_init_and_zero_gate_identity_against_the_core_model():
     core, _, _ = build_model(micro_stack(), seed=0)
     gated, _, _ = build_model(micro_stack(enable=["gated_attn"]), seed=0)
-    gated_params = dict(gated.named_parameters())
-    for name, p in core.named_parameters():
-        assert torch.equal(p, gated_params[name]), name  # private RNG: core init untouched
+    assert_core_init_untouched(core, gated)  # the gate draws from a private RNG
     w0, w1 = (gated.blocks[i].attn.output_transforms[0].attn_gate_w for i in range(2))
     assert not torch.equal(w0, w1) and 0.005 < torch.cat([w0, w1]).std() < 0.015  # N(0, 0.01), per-layer streams
-    _randomize_shared([core, gated])
+    randomize_shared_parameters(core, gated)
     with torch.no_grad():
         w0.zero_()
         w1.zero_()

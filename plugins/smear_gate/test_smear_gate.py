@@ -8,7 +8,13 @@ import torch
 from golf_core.errors import GolfError
 from golf_core.model.gpt import is_control_tensor
 from golf_core.optim.roles import role_of
-from golf_core.testing import build_model, micro_stack, run_micro
+from golf_core.testing import (
+    assert_core_init_untouched,
+    build_model,
+    micro_stack,
+    randomize_shared_parameters,
+    run_micro,
+)
 from plugins.smear_gate.module import SmearGateModule
 
 BOS = 1
@@ -85,28 +91,13 @@ def test_causal_changing_a_later_token_never_changes_earlier_rows():
         assert not torch.equal(out[:, t], base[:, t])
 
 
-def _randomize_shared(models, seed=3):
-    """Give every core parameter the same random values in all models (zero-init projections would
-    otherwise make the blocks vanish and the comparison trivial)."""
-    names = [dict(m.named_parameters()) for m in models]
-    shared = sorted(set.intersection(*(set(n) for n in names)))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name in shared:
-            value = torch.randn(names[0][name].shape, generator=g) * 0.2
-            for params in names:
-                params[name].copy_(value)
-
-
 def test_identity_setting_equals_core_model_bit_for_bit():
     core, _, _ = build_model(micro_stack(), seed=0)
     smeared, _, _ = build_model(micro_stack(enable=["smear_gate"]), seed=0)
-    core_params, smear_params = dict(core.named_parameters()), dict(smeared.named_parameters())
     # The module draws from a private RNG stream: every core parameter is initialised identically.
-    assert set(core_params) < set(smear_params)
-    for name, p in core_params.items():
-        assert torch.equal(p, smear_params[name]), name
-    _randomize_shared([core, smeared])
+    assert_core_init_untouched(core, smeared)
+    assert len(list(smeared.parameters())) > len(list(core.parameters()))
+    randomize_shared_parameters(core, smeared)
     gate = smeared.embed_transforms[0]
     with torch.no_grad():
         gate.smear_gate.weight.normal_()  # any W: lambda = 0 alone is the identity
@@ -121,7 +112,7 @@ def test_identity_setting_equals_core_model_bit_for_bit():
 @pytest.mark.parametrize("mask_bos", [True, False])
 def test_no_prediction_of_the_next_document_changes_when_a_document_is_edited(mask_bos):
     model, _, _ = build_model(micro_stack(enable=["smear_gate"], overrides=[f"techniques.smear_gate.mask_bos={str(mask_bos).lower()}"]), seed=0)
-    _randomize_shared([model])
+    randomize_shared_parameters(model)
     randomized(model.embed_transforms[0])
     with torch.no_grad():
         # The core attention is not document-isolated (that is the attention's job, not this

@@ -8,7 +8,13 @@ import torch
 from golf_core.model.gpt import is_control_tensor
 from golf_core.optim.roles import role_of
 from golf_core.stack import StackError
-from golf_core.testing import build_model, micro_stack, run_micro
+from golf_core.testing import (
+    assert_core_init_untouched,
+    build_model,
+    micro_stack,
+    randomize_shared_parameters,
+    run_micro,
+)
 from plugins.sparse_attn_gate.module import SparseAttnGateModule
 
 
@@ -51,24 +57,11 @@ def test_gate_reads_only_the_first_window_dims():
     assert not torch.equal(gate(y, v, head), base)
 
 
-def _randomize_shared(models, seed=3):
-    names = [dict(m.named_parameters()) for m in models]
-    shared = sorted(set.intersection(*(set(n) for n in names)))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name in shared:
-            value = torch.randn(names[0][name].shape, generator=g) * 0.2
-            for params in names:
-                params[name].copy_(value)
-
-
 def test_zero_gate_equals_core_model_with_halved_output_projection_bit_for_bit():
     core, _, _ = build_model(micro_stack(), seed=0)
     gated, _, _ = build_model(micro_stack(enable=["sparse_attn_gate"]), seed=0)
-    gated_params = dict(gated.named_parameters())
-    for name, p in core.named_parameters():
-        assert torch.equal(p, gated_params[name]), name  # core init untouched by the gate
-    _randomize_shared([core, gated])
+    assert_core_init_untouched(core, gated)
+    randomize_shared_parameters(core, gated)
     with torch.no_grad():
         for block in core.blocks:
             block.attn.proj.weight.mul_(0.5)  # exact: a power of two

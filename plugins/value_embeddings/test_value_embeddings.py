@@ -9,7 +9,13 @@ import torch.nn.functional as F
 from golf_core.errors import GolfError
 from golf_core.optim.roles import role_of
 from golf_core.stack import StackError
-from golf_core.testing import build_model, micro_stack, run_micro
+from golf_core.testing import (
+    assert_core_init_untouched,
+    build_model,
+    micro_stack,
+    randomize_shared_parameters,
+    run_micro,
+)
 from plugins.value_embeddings.module import ValueEmbeddingLayer, ValueEmbeddingSource
 
 
@@ -18,17 +24,6 @@ def ve_model(layers="[1]", seed=0):
         micro_stack(enable=["value_embeddings"], overrides=[f"techniques.value_embeddings.layers={layers}"]), seed=seed
     )
     return model, spec
-
-
-def _randomize_shared(models, seed=3):
-    names = [dict(m.named_parameters()) for m in models]
-    shared = sorted(set.intersection(*(set(n) for n in names)))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name in shared:
-            value = torch.randn(names[0][name].shape, generator=g) * 0.2
-            for params in names:
-                params[name].copy_(value)
 
 
 def reference_attention_values(model, block_index, ids):
@@ -61,10 +56,8 @@ def test_values_of_the_chosen_layer_get_the_scaled_projected_embedding():
 def test_scale_zero_is_the_core_model_bit_for_bit_and_core_init_is_untouched():
     core, _, _ = build_model(micro_stack(), seed=0)
     model, _ = ve_model("[0, -1]")
-    model_params = dict(model.named_parameters())
-    for name, p in core.named_parameters():
-        assert torch.equal(p, model_params[name]), name
-    _randomize_shared([core, model])
+    assert_core_init_untouched(core, model)
+    randomize_shared_parameters(core, model)
     ids = torch.randint(0, 1024, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         model.embed_transforms[0].ve_scale.zero_()
@@ -78,7 +71,7 @@ def test_only_the_chosen_layers_change():
     """Layer 1 gets the embedding, layer 0 does not: block 0's output equals the core's."""
     core, _, _ = build_model(micro_stack(), seed=0)
     model, _ = ve_model("[1]")
-    _randomize_shared([core, model])
+    randomize_shared_parameters(core, model)
     outs = {}
     for tag, m in (("core", core), ("ve", model)):
         for i, block in enumerate(m.blocks):
@@ -92,7 +85,7 @@ def test_only_the_chosen_layers_change():
 
 def test_causal_a_later_token_never_changes_earlier_logits():
     model, _ = ve_model("[0, 1]")
-    _randomize_shared([model])
+    randomize_shared_parameters(model)
     ids = torch.randint(0, 1024, (2, 16), generator=torch.Generator().manual_seed(2))
     base = model.forward_logits(ids)
     edited = ids.clone()
