@@ -143,3 +143,35 @@ def run_micro(
     run_dir = Path(tmp_path) / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     return train(stack, catalog(), run_dir=run_dir, extra_plugins=list(extra_plugins), quiet=True)
+
+
+def interpreted_session() -> bool:
+    """Whether Triton in this process interprets kernels (``TRITON_INTERPRET=1`` before it was imported)."""
+    from golf_core.kernels import triton
+
+    if triton is None:
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(triton.language.zeros, InterpretedFunction)
+
+
+def rerun_under_triton_interpreter(test_file: str | Path, expected_passed: int, selector: str = "test_kernel_") -> None:
+    """Run the ``selector`` tests of ``test_file`` in a child pytest with ``TRITON_INTERPRET=1``.
+
+    Triton fixes its interpreter mode when it is imported, which a pytest session has long done, so
+    kernel tests run on CPU in a fresh process. Asserts exactly ``expected_passed`` pass and none skip.
+    """
+    import os
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(test_file)), "-k", selector],
+        env={**os.environ, "TRITON_INTERPRET": "1"}, cwd=root, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    passed = re.search(r"(\d+) passed", proc.stdout)
+    assert passed and int(passed.group(1)) == expected_passed and "skipped" not in proc.stdout, proc.stdout[-2000:]

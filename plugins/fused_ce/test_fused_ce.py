@@ -10,33 +10,17 @@ session was started with it. Shapes stay small: the interpreter runs each progra
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from golf_core.model.gpt import softcapped_cross_entropy
-from golf_core.testing import build_model, micro_stack, run_micro
+from golf_core.testing import build_model, interpreted_session, micro_stack, rerun_under_triton_interpreter, run_micro
 from plugins.fused_ce import FusedCE, ops, trainer_grad_scale
 from plugins.fused_ce.ops import fused_softcapped_cross_entropy, single_pass_softcapped_cross_entropy
 
 needs_triton = pytest.mark.skipif(ops.triton is None, reason="triton is not installed")
-
-
-def _interpreted_session() -> bool:
-    if ops.triton is None:
-        return False
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(ops.triton.language.zeros, InterpretedFunction)
-
-
-INTERPRETED = _interpreted_session()
+INTERPRETED = interpreted_session()
 kernel_test = pytest.mark.skipif(
     not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 subprocess of test_kernels_under_the_interpreter"
 )
@@ -86,14 +70,7 @@ def _assert_matches_reference(fn, logits, targets, softcap, upstream=1.0):
 def test_kernels_under_the_interpreter():
     if INTERPRETED:
         pytest.skip("this session is the interpreter run")
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)), "-k", "test_kernel_"],
-        env={**os.environ, "TRITON_INTERPRET": "1"}, cwd=root, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
-    passed = re.search(r"(\d+) passed", proc.stdout)
-    assert passed and int(passed.group(1)) == 2 * len(CASES) + 4 and "skipped" not in proc.stdout, proc.stdout[-2000:]
+    rerun_under_triton_interpreter(__file__, expected_passed=2 * len(CASES) + 4)
 
 
 @kernel_test

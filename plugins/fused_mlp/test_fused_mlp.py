@@ -9,19 +9,21 @@ bf16 is checked on the device (``pytest -m cuda``).
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from golf_core import GolfError, Technique, hookimpl
 from golf_core.model.spec import ModelSpec, relu_squared
-from golf_core.testing import build_model, make_ctx, make_pm, micro_stack, run_micro
+from golf_core.testing import (
+    build_model,
+    interpreted_session,
+    make_ctx,
+    make_pm,
+    micro_stack,
+    rerun_under_triton_interpreter,
+    run_micro,
+)
 import plugins.fused_mlp as plugin
 from plugins.fused_mlp import FusedLeakyReLUSqMLP, computes_leaky_relu_sq, ops
 from plugins.fused_mlp.ops import fused_leaky_relu_sq_mlp
@@ -29,17 +31,7 @@ from plugins.fused_mlp.ops import fused_leaky_relu_sq_mlp
 cuda = pytest.mark.cuda
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 needs_triton = pytest.mark.skipif(ops.triton is None, reason="triton is not installed")
-
-
-def _interpreted_session() -> bool:
-    if ops.triton is None:
-        return False
-    from triton.runtime.interpreter import InterpretedFunction
-
-    return isinstance(ops.triton.language.zeros, InterpretedFunction)
-
-
-INTERPRETED = _interpreted_session()
+INTERPRETED = interpreted_session()
 kernel_test = pytest.mark.skipif(
     not INTERPRETED, reason="runs in the TRITON_INTERPRET=1 subprocess of test_kernels_under_the_interpreter"
 )
@@ -89,14 +81,7 @@ def _assert_close_to_reference(x, w1, w2, g, slope, impl, rtol=1e-4):
 def test_kernels_under_the_interpreter():
     if INTERPRETED:
         pytest.skip("this session is the interpreter run")
-    root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(Path(__file__)), "-k", "test_kernel_"],
-        env={**os.environ, "TRITON_INTERPRET": "1"}, cwd=root, capture_output=True, text=True, timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
-    passed = re.search(r"(\d+) passed", proc.stdout)
-    assert passed and int(passed.group(1)) == 2 * len(SHAPES) + 2 and "skipped" not in proc.stdout, proc.stdout[-2000:]
+    rerun_under_triton_interpreter(__file__, expected_passed=2 * len(SHAPES) + 2)
 
 
 @kernel_test
