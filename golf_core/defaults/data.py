@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from golf_core.data import DistributedTokenLoader
 from golf_core.hookspecs import hookimpl
 from golf_core.technique import Technique
@@ -16,10 +14,6 @@ class SequentialLoader(Technique):
     stage = "data"
     origin_pr = 18
     core_default = True
-
-    @dataclass(frozen=True, kw_only=True)
-    class Params:
-        pass
 
     @hookimpl(trylast=True)
     def golf_data_loader(self, ctx):

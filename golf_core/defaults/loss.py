@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from golf_core.hookspecs import hookimpl
 from golf_core.model.gpt import softcapped_cross_entropy
 from golf_core.technique import Technique
@@ -16,10 +14,6 @@ class SoftcapCrossEntropy(Technique):
     stage = "loss"
     origin_pr = 18
     core_default = True
-
-    @dataclass(frozen=True, kw_only=True)
-    class Params:
-        pass
 
     @hookimpl(trylast=True)
     def golf_loss_fn(self, ctx):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from golf_core.hookspecs import hookimpl
 from golf_core.model.gpt import GPT
 from golf_core.technique import Technique
@@ -17,10 +15,6 @@ class BaselineGPT(Technique):
     origin_pr = 18
     credits = "OpenAI parameter-golf baseline; modded-nanogpt (Keller Jordan et al.)"
     core_default = True
-
-    @dataclass(frozen=True, kw_only=True)
-    class Params:
-        pass
 
     @hookimpl(trylast=True)
     def golf_build_model(self, spec, ctx):

@@ -24,10 +24,6 @@ class NewtonSchulz(Technique):
     credits = "Keller Jordan (Muon, modded-nanogpt)"
     core_default = True
 
-    @dataclass(frozen=True, kw_only=True)
-    class Params:
-        pass
-
     @hookimpl(trylast=True)
     def golf_orthogonalizer(self, ctx):
         return newton_schulz5

@@ -24,9 +24,6 @@ class Int8RowQuant(Technique):
     core_default = True
     estimate_kind = "payload"  # estimate_tensor_bytes: raw payload bytes, before brotli (golf check's label)
 
-    @dataclass(frozen=True, kw_only=True)
-    class Params:
-        pass
 
     @hookimpl(trylast=True)
     def golf_quantize(self, model, calib, ctx):
